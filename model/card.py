@@ -1,0 +1,103 @@
+"""The model card written beside the exported artifact, and the seeded sample it shows."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from model.corpus import CORPUS_NAME, VALIDATION_PLAYS
+from model.evaluate import Evaluation
+from model.onnx_meta import ModelMetadata
+
+
+def sample_text(path: Path, prompt: str, length: int = 400, temperature: float = 0.8, seed: int = 7) -> str:
+    """Continue `prompt` through ONNX Runtime, one character per call, carrying h and C."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = ModelMetadata.from_props(sess.get_modelmeta().custom_metadata_map)
+    rng = np.random.default_rng(seed)
+    shape = (meta.config.num_layers, 1, meta.config.hidden_size)
+    h, c = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    ids = meta.tokenizer.encode(prompt)[None]  # (1, T)
+    out = []
+    for _ in range(length):
+        logits, h, c = sess.run(None, {"input_ids": ids, "h0": h, "c0": c})
+        z = logits[0, -1].astype(np.float64) / temperature
+        p = np.exp(z - z.max())
+        nxt = int(rng.choice(len(p), p=p / p.sum()))
+        out.append(nxt)
+        ids = np.array([[nxt]], dtype=np.int64)
+    return prompt + meta.tokenizer.decode(out)
+
+
+def write_card(
+    path: Path, model_path: Path, meta: ModelMetadata, evaluation: Evaluation, train_meta: dict[str, Any]
+) -> None:
+    cfg = meta.config
+    tc = train_meta.get("train_config", {})
+    params = cfg.vocab_size * cfg.embed_size + cfg.hidden_size * cfg.vocab_size + cfg.vocab_size
+    for layer in range(cfg.num_layers):
+        fan_in = cfg.embed_size if layer == 0 else cfg.hidden_size
+        params += 4 * cfg.hidden_size * (fan_in + cfg.hidden_size + 1) + (3 * cfg.hidden_size if cfg.peephole else 0)
+    sample = sample_text(model_path, "ROMEO:\n")
+    history = "\n".join(
+        f"| {r['step']} | {r['train_loss']:.3f} | {r['val_loss']:.3f} | {r['minutes']:.1f} |"
+        for r in train_meta.get("history", [])
+    )
+    text = f"""# Model card: {meta.name} v{meta.version}
+
+A character-level LSTM language model of Shakespeare's plays: the cell of the LSTM notes (forget, input and
+output gates, tanh candidate, C_t = f*C_(t-1) + i*c~, h_t = o*tanh(C_t)){" with peepholes" if cfg.peephole else ""},
+stacked {cfg.num_layers} layers deep, exported to ONNX with one standard `LSTM` operator per layer.
+
+| | |
+|---|---|
+| file | `{model_path.name}` ({model_path.stat().st_size / 1e6:.1f} MB) |
+| fingerprint | `{meta.fingerprint}` |
+| layers x hidden | {cfg.num_layers} x {cfg.hidden_size} (embedding {cfg.embed_size}, peephole {cfg.peephole}) |
+| parameters | {params:,} |
+| vocabulary | {cfg.vocab_size} characters |
+| state per session | h and C: 2 x {cfg.num_layers} x {cfg.hidden_size} float32 = {2 * cfg.num_layers * cfg.hidden_size * 4:,} bytes |
+
+## Data
+{CORPUS_NAME}: every play as markdown, turned into plain play text (`NAME:` on its own line, then the speech;
+stage directions, headings and markdown removed; em dashes written `--`). Validation holds out whole plays,
+never characters from inside a play: {", ".join(VALIDATION_PLAYS)} ({evaluation.characters:,} characters
+scored). Training uses the other plays.
+
+## Training
+Truncated back-propagation through time over {tc.get("batch_size")} parallel streams of the text, windows of
+{tc.get("seq_len")} characters with the state carried between windows; AdamW (lr {tc.get("lr")}, weight decay
+{tc.get("weight_decay")}), linear warm-up then cosine decay, gradient norm clipped at {tc.get("clip_norm")}, seed
+{tc.get("seed")}, {tc.get("steps")} steps. Best checkpoint at step {train_meta.get("best_step")}.
+Training took {train_meta.get("train_minutes", 0):.1f} minutes on {train_meta.get("device")}
+({train_meta.get("machine")}), torch {train_meta.get("torch")}.
+
+| step | train loss (running) | validation loss (PyTorch) | minutes |
+|---|---|---|---|
+{history}
+
+Reproduce: `lstm-serve train --steps {tc.get("steps")} --hidden-size {cfg.hidden_size} --layers {cfg.num_layers}
+--embed-size {cfg.embed_size}{" --peephole" if cfg.peephole else ""} --out build/shakespeare-lstm.pt` then
+`lstm-serve export --checkpoint build/shakespeare-lstm.pt`.
+
+## Validation loss (ONNX Runtime, `lstm-serve evaluate`)
+**{evaluation.nats_per_char:.4f} nats per character = {evaluation.bits_per_char:.4f} bits per character**
+(perplexity {math.exp(evaluation.nats_per_char):.2f}) on the held-out plays.
+
+## Sample (prompt `ROMEO:`, temperature 0.8, seed 7)
+```
+{sample}
+```
+
+## Limitations
+- Character level and small: it learns spelling, metre, speaker headings and local syntax, not meaning; long
+  passages wander.
+- Only the characters of its vocabulary can be fed; anything else is an error, never silently dropped.
+- Trained on Early Modern English plays only; it knows nothing else and should not be used to generate text
+  presented as Shakespeare's own.
+"""
+    path.write_text(text)
