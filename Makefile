@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# Debian packages the tests run for real: Redis for the shared state store, promtool for Prometheus configs.
-SYSTEM_PACKAGES := redis-server prometheus
+# Debian packages the tests run for real: Redis for the shared state store, promtool for the Prometheus configs,
+# nginx for the compose file's session-hash proxy, docker-compose to validate the compose file (no engine needed).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint system-deps venv dev train export evaluate bench clean
@@ -29,6 +29,8 @@ dev: $(VENV)/.dev
 system-deps:
 	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
