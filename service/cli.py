@@ -70,6 +70,57 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_settings_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per Settings field; values are parsed and checked by Settings itself, so flags and environment
+    variables obey the same rules. A flag given overrides its LSTM_SERVE_* variable."""
+    from service.config import ENV_PREFIX, Settings
+
+    for name, field in Settings.model_fields.items():
+        env = ENV_PREFIX + name.upper()
+        default = field.default
+        help_text = f"{field.description} [env {env}; default {default}]"
+        if field.annotation is bool:
+            p.add_argument(_settings_flag(name), dest=name, action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=help_text)
+        else:
+            p.add_argument(_settings_flag(name), dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
+                           help=help_text)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.app import create_app
+    from service.config import ENV_PREFIX, Settings, unknown_env_vars
+    from service.logging import setup_logging
+
+    overrides = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print("lstm-serve serve: invalid settings:", file=sys.stderr)
+        for err in exc.errors():
+            name = ".".join(str(part) for part in err["loc"]) or "settings"
+            where = f"{_settings_flag(name)} / {ENV_PREFIX}{name.upper()}" if name in Settings.model_fields else name
+            print(f"  {where}: {err['msg']}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_json)
+    log = logging.getLogger("service")
+    for var in unknown_env_vars():
+        log.warning("ignoring unknown setting %s", var, extra={"variable": var})
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="auto", http="auto",
+                log_config=None, access_log=False, lifespan="on",
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lstm-serve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=str(BUNDLED_MODEL))
     p.add_argument("--max-loss", type=float, default=None, help="exit 1 if the loss is above this")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("serve", help="run the HTTP server (every flag also reads an LSTM_SERVE_* variable)")
+    _add_settings_flags(p)
+    p.set_defaults(func=_serve)
     return parser
 
 

@@ -1,0 +1,153 @@
+"""THE one place that turns errors into HTTP responses, all of the shape {"error": {"code", "message"}}.
+
+Engine exceptions map to a status and a code here; request validation, unknown routes and wrong methods are
+reshaped the same way; anything unexpected becomes a 500 with no traceback in the body (it is logged instead).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api.schemas import ErrorResponse
+from service.engine.errors import (
+    Draining,
+    EngineError,
+    InvalidInput,
+    InvalidToken,
+    NotReady,
+    PositionConflict,
+    SessionExpired,
+    SessionNotFound,
+    StateMismatch,
+    StateStoreUnavailable,
+    TooManySessions,
+    VersionConflict,
+)
+
+log = logging.getLogger(__name__)
+
+# Engine exception -> (status, code). InvalidInput carries its own code (invalid_request, text_too_long, ...).
+STATUS: dict[type[EngineError], tuple[int, str]] = {
+    SessionNotFound: (404, "session_not_found"),
+    SessionExpired: (404, "session_expired"),
+    InvalidToken: (422, "invalid_token"),
+    InvalidInput: (422, "invalid_request"),
+    PositionConflict: (409, "position_conflict"),
+    VersionConflict: (409, "position_conflict"),
+    TooManySessions: (429, "too_many_sessions"),
+    StateMismatch: (422, "state_mismatch"),
+    NotReady: (503, "not_ready"),
+    Draining: (503, "draining"),
+    StateStoreUnavailable: (503, "state_store_unavailable"),
+}
+
+DESCRIPTIONS: dict[int, str] = {
+    400: "The body could not be read (e.g. not UTF-8).",
+    404: "`session_not_found`: no such session; `session_expired`: it existed but expired (TTL) or was evicted.",
+    409: "`position_conflict`: the session is not at `expected_position`; nothing changed.",
+    413: "`payload_too_large`: the body exceeds the server's max_request_bytes.",
+    422: "`invalid_request`: malformed or out-of-range fields; `invalid_token`: a character or id outside the "
+         "vocabulary (named, with its position); `text_too_long`; `state_mismatch` / `invalid_state`: a restored "
+         "state that does not belong to the loaded model or is corrupt.",
+    429: "`too_many_sessions`: the store is full; retry after the Retry-After header's seconds.",
+    503: "`not_ready` (model loading), `draining` (shutting down) or `state_store_unavailable`.",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for a route: the error statuses it can return (503 always), all with the error shape."""
+    return {s: {"model": ErrorResponse, "description": DESCRIPTIONS[s]} for s in (*statuses, 503)}
+
+
+class ErrorJSONResponse(JSONResponse):
+    # ASCII-escaped: an error may quote client input, and a lone surrogate must not make encoding fail.
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        err["details"] = details
+    return {"error": err}
+
+
+def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None,
+                   headers: dict[str, str] | None = None) -> ErrorJSONResponse:
+    return ErrorJSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+
+
+def engine_error_response(exc: EngineError) -> ErrorJSONResponse:
+    status, code = next((v for t, v in STATUS.items() if isinstance(exc, t)), (500, "internal_error"))
+    details: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    if isinstance(exc, InvalidInput):
+        code = exc.code
+    if isinstance(exc, InvalidToken):
+        details = {"position": exc.position}
+        if exc.char is not None:
+            details["char"] = exc.char
+        if exc.token_id is not None:
+            details["token_id"] = exc.token_id
+    elif isinstance(exc, PositionConflict):
+        details = {"expected_position": exc.expected, "position": exc.actual}
+    elif isinstance(exc, SessionExpired):
+        details = {"reason": exc.reason}
+    elif isinstance(exc, TooManySessions):
+        retry = max(1, math.ceil(exc.retry_after))
+        headers["Retry-After"] = str(retry)
+        details = {"max_sessions": exc.max_sessions, "retry_after": retry}
+    elif isinstance(exc, NotReady | Draining | StateStoreUnavailable):
+        headers["Retry-After"] = "1"
+    return error_response(status, code, exc.message, details or None, headers or None)
+
+
+async def _engine_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, EngineError)
+    return engine_error_response(exc)
+
+
+def _where(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "path", "query", "header"):
+        parts = parts[1:] or parts
+    return ".".join(parts) or "body"
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # The client's input is not echoed back: it may be large, and it is theirs already.
+    problems = [{"field": _where(e.get("loc", ())),
+                 "problem": str(e.get("msg", "invalid")).removeprefix("Value error, ")} for e in exc.errors()]
+    message = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:10])
+    return error_response(422, "invalid_request", message or "invalid request", {"errors": problems[:50]})
+
+
+HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = HTTP_CODES.get(exc.status_code, "http_error")
+    message = "no such route" if exc.status_code == 404 else str(exc.detail)
+    return error_response(exc.status_code, code, message, headers=dict(exc.headers) if exc.headers else None)
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "internal server error; it has been logged")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(EngineError, _engine_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,1 @@
+"""The serving engine: ONNX Runtime, dynamic batching, sessions; free of FastAPI."""

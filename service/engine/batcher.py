@@ -1,0 +1,289 @@
+"""Dynamic batching: work items of different sessions are gathered into shared ONNX Runtime runs.
+
+A work item is a generic *step*: feed some token ids to one session (or to a stateless row that brings its own
+state or starts from zeros) and return the logits of the last position or of all positions. Prompts and, later,
+generation loops (one token per step per stream) submit steps into the same queue, so many streams advance
+together in shared batches.
+
+The loop: take up to `max_batch_size` items, waiting at most `max_batch_delay_s` after the oldest one arrived;
+never two items of one session in a batch (the later one waits for the next batch, keeping arrival order);
+gather the sessions' states with ONE `load_many`, run ONNX Runtime on a dedicated worker thread so the event loop
+keeps serving, write the states back with ONE `save_many`, compare-and-set on the version each item read.
+
+Rows of different lengths share a batch as a staircase: all rows run together over the shortest length, then the
+rows that are longer continue together from their carried state, and so on. That is one ORT run per distinct
+length, like grouping by length, but the runs share their common prefix so the sequential LSTM steps total the
+longest row's length, not the sum of the distinct lengths; it is exact on the exported graph, which takes no
+`sequence_lens`. Measured on CPU (hidden 512, 2 layers, 1 thread), per batch: 16 rows of 1..32 tokens
+27-33 ms staircase vs 44-48 ms grouped vs 32 ms padded with sequence_lens (a rewritten graph); one 64-token row
+with seven 1-token rows 10 ms staircase or grouped vs 33-34 ms padded. Padding pays the longest length for every
+row; the staircase never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from service.engine.errors import Draining, EngineError, PositionConflict, VersionConflict
+from service.engine.runtime import OnnxRuntime
+from service.metrics import Metrics
+from service.state.store import SessionRecord, StateStore
+
+log = logging.getLogger(__name__)
+
+TokenKind = Literal["prompt", "generated"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    logits: np.ndarray  # (T, V) when the step asked for all positions, else (V,) for the last one
+    position: int  # the session's position after the step (stateless: the starting position + T)
+    record: SessionRecord | None  # the session as written (None for stateless rows)
+    h: np.ndarray  # (layers, hidden): the state after the step
+    c: np.ndarray  # (layers, hidden)
+
+
+@dataclass(eq=False)
+class Step:
+    """One work item: feed `ids` (T,) int64, T >= 1, to a session or to a stateless row."""
+
+    ids: np.ndarray
+    session_id: str | None = None  # None: stateless, nothing is read from or written to the store
+    all_logits: bool = False
+    expected_position: int | None = None  # refuse (PositionConflict) unless the session is at this position
+    state: tuple[np.ndarray, np.ndarray] | None = None  # stateless rows only: h, c each (layers, hidden)
+    start_position: int = 0  # stateless rows only: the position `state` is at
+    kind: TokenKind = "prompt"
+    # Filled in by the batcher.
+    future: asyncio.Future[StepResult] = field(init=False, repr=False)
+    enqueued_at: float = field(init=False, default=0.0)
+    read: SessionRecord | None = field(init=False, default=None)  # the record load_many read: version for CAS
+
+
+def staircase(
+    runtime: OnnxRuntime, rows: Sequence[np.ndarray], h: np.ndarray, c: np.ndarray, all_logits: Sequence[bool],
+    metrics: Metrics | None = None,
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Run rows of different lengths from h, c (L, B, H); one ORT run per distinct length, sharing prefixes.
+
+    Returns per row its logits ((T_i, V) or the last (V,)) and the final hn, cn (L, B, H).
+    """
+    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    h = h.copy()
+    c = c.copy()
+    pieces: list[list[np.ndarray]] = [[] for _ in rows]
+    done = 0
+    for length in np.unique(lens).tolist():  # ascending
+        active = np.flatnonzero(lens >= length).tolist()  # rows still running: (b,)
+        ids = np.stack([rows[i][done:length] for i in active])  # (b, length - done)
+        whole = len(active) == len(rows)
+        t0 = time.perf_counter()
+        logits, hn, cn = runtime.run(ids, h if whole else h[:, active], c if whole else c[:, active])
+        if metrics is not None:
+            metrics.inference_latency.observe(time.perf_counter() - t0)
+        h[:, active] = hn  # (L, b, H) scattered back into the batch
+        c[:, active] = cn
+        for j, i in enumerate(active):
+            if all_logits[i]:
+                pieces[i].append(logits[j])  # (length - done, V)
+            elif lens[i] == length:
+                pieces[i].append(logits[j, -1])  # (V,): this row's last position
+        done = length
+    out = [np.concatenate(p) if all_logits[i] else p[0] for i, p in enumerate(pieces)]
+    return out, h, c
+
+
+def _fail(item: Step, exc: BaseException) -> None:
+    if not item.future.done():  # a caller that was cancelled has nobody to tell
+        item.future.set_exception(exc)
+
+
+class Batcher:
+    def __init__(
+        self,
+        runtime: OnnxRuntime,
+        store: StateStore,
+        metrics: Metrics,
+        *,
+        max_batch_size: int,
+        max_batch_delay_s: float,
+    ) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_batch_delay_s = max_batch_delay_s
+        self._items: deque[Step] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        # One worker thread: ORT runs one batch at a time and the event loop never blocks on it.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lstm-serve-ort")
+        self.batches = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._items)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="lstm-serve-batcher")
+
+    async def stop(self) -> None:
+        """Accept nothing new, finish every queued item, then stop the loop and the worker thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, step: Step) -> StepResult:
+        if self._closing:
+            raise Draining()
+        loop = asyncio.get_running_loop()
+        step.future = loop.create_future()
+        step.enqueued_at = loop.time()
+        self._items.append(step)
+        self._wakeup.set()
+        return await step.future
+
+    async def _collect(self) -> list[Step] | None:
+        """The next batch, or None once closing with nothing left."""
+        loop = asyncio.get_running_loop()
+        while not self._items:
+            if self._closing:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        deadline = self._items[0].enqueued_at + self.max_batch_delay_s
+        while len(self._items) < self.max_batch_size and not self._closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+        batch: list[Step] = []
+        deferred: list[Step] = []
+        sessions: set[str] = set()
+        while self._items and len(batch) < self.max_batch_size:
+            item = self._items.popleft()
+            if item.future.done():  # its caller gave up before it ran: skip it, nothing is applied
+                continue
+            if item.session_id is not None:
+                if item.session_id in sessions:  # never two steps of one session in a batch
+                    deferred.append(item)
+                    continue
+                sessions.add(item.session_id)
+            batch.append(item)
+        self._items.extendleft(reversed(deferred))  # they go first next time, in their arrival order
+        return batch
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self._collect()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            try:
+                await self._run_batch(batch)
+            except Exception as exc:  # a bug or a broken store: fail this batch, keep serving the next ones
+                log.exception("batch of %d failed", len(batch))
+                for item in batch:
+                    _fail(item, exc)
+
+    async def _run_batch(self, batch: list[Step]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for item in batch:
+            self.metrics.queue_wait.observe(started - item.enqueued_at)
+        live = await self._load(batch)
+        if not live:
+            return
+        layers, hidden = self.runtime.layers, self.runtime.hidden
+        h = np.zeros((layers, len(live), hidden), dtype=np.float32)  # (L, B, H)
+        c = np.zeros((layers, len(live), hidden), dtype=np.float32)
+        session_rows = [i for i, (item, _) in enumerate(live) if item.session_id is not None]
+        for i, (_, state) in enumerate(live):
+            if state is not None:
+                h[:, i], c[:, i] = state
+        rows = [item.ids for item, _ in live]
+        flags = [item.all_logits for item, _ in live]
+        self.batches += 1
+        self.metrics.batch_size.observe(len(live))
+        logits, hn, cn = await loop.run_in_executor(
+            self._executor, staircase, self.runtime, rows, h, c, flags, self.metrics)
+        for item, _ in live:
+            self.metrics.tokens.labels(item.kind).inc(len(item.ids))
+        written: dict[int, SessionRecord | EngineError] = {}
+        if session_rows:
+            items = [live[i][0] for i in session_rows]
+            reads = [item.read for item in items]
+            assert all(r is not None for r in reads)
+            results = await self.store.save_many(
+                [item.session_id for item in items if item.session_id is not None],
+                hn[:, session_rows],
+                cn[:, session_rows],
+                [r.position + len(item.ids) for r, item in zip(reads, items, strict=True) if r is not None],
+                [r.version for r in reads if r is not None],
+            )
+            written = dict(zip(session_rows, results, strict=True))
+        for i, (item, _) in enumerate(live):
+            if item.future.done():
+                continue
+            if item.session_id is None:
+                position = item.start_position + len(item.ids)
+                item.future.set_result(StepResult(logits[i], position, None, hn[:, i].copy(), cn[:, i].copy()))
+                continue
+            outcome = written[i]
+            if isinstance(outcome, VersionConflict):
+                read = item.read
+                assert read is not None
+                _fail(item, PositionConflict(outcome.session_id, read.position, outcome.actual_position))
+            elif isinstance(outcome, EngineError):
+                _fail(item, outcome)
+            else:
+                item.future.set_result(StepResult(logits[i], outcome.position, outcome, hn[:, i].copy(),
+                                                  cn[:, i].copy()))
+
+    async def _load(self, batch: list[Step]) -> list[tuple[Step, tuple[np.ndarray, np.ndarray] | None]]:
+        """Read the sessions' states in one call; fail the items that cannot run. -> (item, its h, c or None)."""
+        sessions = [item for item in batch if item.session_id is not None]
+        states: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if sessions:
+            try:
+                loaded = await self.store.load_many([item.session_id for item in sessions if item.session_id])
+            except EngineError as exc:  # e.g. StateStoreUnavailable: these items fail, stateless ones run
+                for item in sessions:
+                    _fail(item, exc)
+                sessions = []
+            else:
+                for j, (item, record) in enumerate(zip(sessions, loaded.records, strict=True)):
+                    if isinstance(record, EngineError):
+                        _fail(item, record)
+                    elif item.expected_position is not None and record.position != item.expected_position:
+                        _fail(item, PositionConflict(record.session_id, item.expected_position, record.position))
+                    else:
+                        item.read = record
+                        states[id(item)] = (loaded.h[:, j], loaded.c[:, j])
+        live: list[tuple[Step, tuple[np.ndarray, np.ndarray] | None]] = []
+        for item in batch:
+            if item.future.done():
+                continue
+            if item.session_id is None:
+                live.append((item, item.state))
+            else:
+                live.append((item, states[id(item)]))
+        return live

@@ -1,0 +1,133 @@
+"""ONNX Runtime wrapper: loads the exported model and its metadata, picks the execution provider, runs batches.
+
+The contract (model/export.py): input_ids int64 (B, T), h0 and c0 float32 (L, B, H) -> logits float32
+(B, T, V), hn and cn (L, B, H). The session options favour small latency on CPU: few intra-op threads, no
+spinning (idle threads would burn the cores the event loop needs), full graph optimisation; all configurable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from model.onnx_meta import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata, ModelMetadataError
+
+log = logging.getLogger(__name__)
+
+ProviderChoice = Literal["auto", "cpu", "cuda"]
+GraphOptimization = Literal["all", "extended", "basic", "disabled"]
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+_PROVIDER_NAMES = {CPU: "cpu", CUDA: "cuda"}
+_OPT_LEVELS = {
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The model file cannot be served: unreadable, not the expected graph, or the provider is unavailable."""
+
+
+def session_options(
+    intra_op_threads: int, inter_op_threads: int, graph_optimization: GraphOptimization, allow_spinning: bool
+) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads  # 0 = ORT's default (one per physical core)
+    opts.inter_op_num_threads = inter_op_threads
+    # The graph is a chain (embedding -> LSTM -> LSTM -> head): nothing to run in parallel between operators.
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = _OPT_LEVELS[graph_optimization]
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    opts.log_severity_level = 3  # errors only: ORT's warnings go to stderr outside our JSON logs
+    return opts
+
+
+def resolve_providers(choice: ProviderChoice) -> list[str]:
+    available = ort.get_available_providers()
+    if choice == "cpu":
+        return [CPU]
+    if choice == "cuda":
+        if CUDA not in available:
+            raise ModelLoadError(
+                f"provider 'cuda' requested but ONNX Runtime offers only {available}; install onnxruntime-gpu "
+                "(see README) or use provider 'auto' or 'cpu'"
+            )
+        return [CUDA, CPU]
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+class OnnxRuntime:
+    """One ONNX Runtime session of the exported char LSTM. `run` is thread-safe; the batcher calls it from one
+    worker thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        provider: ProviderChoice = "auto",
+        *,
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+        graph_optimization: GraphOptimization = "all",
+        allow_spinning: bool = False,
+    ) -> None:
+        self.path = path
+        opts = session_options(intra_op_threads, inter_op_threads, graph_optimization, allow_spinning)
+        providers = resolve_providers(provider)
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for unreadable or invalid files
+            raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+        active = self._session.get_providers()[0]
+        # ORT falls back to CPU silently when the CUDA libraries fail to load: report what actually runs.
+        if provider == "cuda" and active != CUDA:
+            raise ModelLoadError(f"provider 'cuda' requested but ONNX Runtime runs the model on {active}")
+        self.provider: str = _PROVIDER_NAMES.get(active, active)
+        try:
+            self.metadata = ModelMetadata.from_props(self._session.get_modelmeta().custom_metadata_map)
+        except ModelMetadataError as exc:
+            raise ModelLoadError(f"{path}: {exc}") from exc
+        self._check_contract()
+        cfg = self.metadata.config
+        self.layers = cfg.num_layers
+        self.hidden = cfg.hidden_size
+        self.vocab_size = cfg.vocab_size
+        self._lock = threading.Lock()
+        self._runs = 0
+
+    def _check_contract(self) -> None:
+        inputs = tuple(i.name for i in self._session.get_inputs())
+        outputs = tuple(o.name for o in self._session.get_outputs())
+        if inputs != INPUT_NAMES or outputs != OUTPUT_NAMES:
+            raise ModelLoadError(f"{self.path}: graph has inputs {inputs} and outputs {outputs}, "
+                                 f"expected {INPUT_NAMES} -> {OUTPUT_NAMES}")
+        cfg = self.metadata.config
+        h0 = self._session.get_inputs()[1].shape
+        if h0[0] != cfg.num_layers or h0[2] != cfg.hidden_size:
+            raise ModelLoadError(f"{self.path}: h0 has shape {h0}, metadata says layers {cfg.num_layers}, "
+                                 f"hidden {cfg.hidden_size}")
+
+    @property
+    def runs(self) -> int:
+        """ONNX Runtime calls made so far (tests use it to prove that requests are batched)."""
+        return self._runs
+
+    def run(self, ids: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """ids (B, T) int64; h, c (L, B, H) float32 -> logits (B, T, V), hn (L, B, H), cn (L, B, H)."""
+        feeds = {
+            "input_ids": np.ascontiguousarray(ids, dtype=np.int64),
+            "h0": np.ascontiguousarray(h, dtype=np.float32),
+            "c0": np.ascontiguousarray(c, dtype=np.float32),
+        }
+        logits, hn, cn = self._session.run(None, feeds)
+        with self._lock:
+            self._runs += 1
+        return logits, hn, cn

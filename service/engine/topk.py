@@ -1,0 +1,34 @@
+"""Next-character distributions from logits: softmax in float64 (stable for peaked logits) and top-k."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.tokenizer import CharTokenizer
+
+
+@dataclass(frozen=True, slots=True)
+class TokenProb:
+    token: str
+    id: int
+    prob: float
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """(V,) logits -> (V,) float64 probabilities; shifting by the max keeps exp from overflowing."""
+    z = logits.astype(np.float64)
+    z -= z.max()
+    p = np.exp(z)
+    p /= p.sum()
+    return p
+
+
+def top_k(logits: np.ndarray, k: int, tokenizer: CharTokenizer) -> list[TokenProb]:
+    """The k most likely next tokens of (V,) logits, most likely first; ties go to the lower id."""
+    probs = softmax(logits)
+    k = max(1, min(k, probs.shape[0]))
+    # lexsort's last key is primary: probability descending, then id ascending for a deterministic order.
+    order = np.lexsort((np.arange(probs.shape[0]), -probs))[:k]
+    return [TokenProb(token=tokenizer.chars[i], id=int(i), prob=float(probs[i])) for i in order]
