@@ -8,10 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__
-from service.api import errors, health, model_info, predict, sessions
+from service.api import errors, generate, health, inspect, model_info, openai, predict, sessions, stream, v2
 from service.api.middleware import BodyLimitMiddleware, RequestLogMiddleware
 from service.config import Settings
 from service.engine.engine import Engine
+from service.engine.generation import Generator
+from service.engine.inspection import Inspector
+from service.engine.sequences import Sequences
 from service.metrics import Metrics
 
 DESCRIPTION = """A character-level LSTM language model served with ONNX Runtime.
@@ -37,7 +40,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title="lstm-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.engine = engine
     app.state.settings = settings
-    for module in (predict, sessions, model_info, health):
+    app.state.generator = Generator(engine)
+    app.state.inspector = Inspector(engine)
+    app.state.sequences = Sequences(engine)
+    for module in (predict, sessions, generate, stream, inspect, openai, v2, model_info, health):
         app.include_router(module.router)
     errors.install(app)
     # Added last = outermost: the request log sees every answer, the 413s of the body limit included.

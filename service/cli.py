@@ -94,12 +94,12 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
     from pydantic import ValidationError
 
     from service.app import create_app
     from service.config import ENV_PREFIX, Settings, unknown_env_vars
     from service.logging import setup_logging
+    from service.shutdown import serve
 
     overrides = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
     try:
@@ -115,10 +115,8 @@ def _serve(args: argparse.Namespace) -> int:
     log = logging.getLogger("service")
     for var in unknown_env_vars():
         log.warning("ignoring unknown setting %s", var, extra={"variable": var})
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="auto", http="auto",
-                log_config=None, access_log=False, lifespan="on",
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s))
-    return 0
+    # uvicorn with a graceful SIGTERM: readiness false at once, running work finishes (shutdown_grace_s), exit 0
+    return serve(create_app(settings), settings)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # Sessions and their state
     state_backend: Literal["memory", "redis"] = Field(default="memory", description="Where session states live.")
     redis_url: str = Field(default="redis://localhost:6379/0", description="Redis URL for state_backend=redis.")
+    redis_key_prefix: str = Field(
+        default="lstm-serve", min_length=1, max_length=100,
+        description="Prefix of the Redis keys (the model fingerprint is appended, so models never share states).")
     max_sessions: int = Field(default=10_000, ge=1, le=10_000_000, description="Most sessions held at once.")
     session_ttl_s: float = Field(
         default=1800.0, gt=0, description="Idle time after which a session expires (default for new sessions).")
@@ -78,12 +81,19 @@ class Settings(BaseSettings):
         default=100_000, ge=0, le=10_000_000,
         description="Expired/evicted ids remembered to answer session_expired rather than session_not_found.")
     snapshot_path: Path | None = Field(
-        default=None, description="File to snapshot in-memory sessions to (used by a later issue).")
-    snapshot_interval_s: float = Field(default=60.0, gt=0, description="Seconds between snapshots.")
+        default=None,
+        description="Memory backend: file the sessions are saved to (periodically and at shutdown) and restored "
+        "from at start.")
+    snapshot_interval_s: float = Field(
+        default=60.0, ge=0, description="Seconds between snapshots (0 = only at shutdown).")
 
-    # Generation (a later issue)
+    # Generation and inspection
     max_generate_tokens: int = Field(
         default=1000, ge=1, le=100_000, description="Most tokens one generation may produce.")
+    max_inspect_length: int = Field(
+        default=256, ge=1, le=100_000,
+        description="Most characters one gate inspection may feed (its answer holds 6 vectors of hidden_size "
+        "floats per character and layer).")
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(

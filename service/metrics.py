@@ -45,6 +45,17 @@ class Metrics:
             ["name", "version", "fingerprint", "provider"], registry=r)
         self.ready = Gauge(PREFIX + "ready", "1 when the model is loaded and warm and the server not draining.",
                            registry=r)
+        self.time_to_first_token = Histogram(
+            PREFIX + "time_to_first_token_seconds",
+            "Generation: time from the request to its first generated token, in seconds.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.inter_token_latency = Histogram(
+            PREFIX + "inter_token_latency_seconds",
+            "Generation: time between consecutive tokens of one stream, in seconds.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.streams_in_progress = Gauge(
+            PREFIX + "streams_in_progress", "Generations running now (streamed or not, over HTTP or WebSocket).",
+            registry=r)
         for kind in ("prompt", "generated"):
             self.tokens.labels(kind)
         for reason in ("ttl", "capacity", "deleted"):

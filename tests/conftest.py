@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.factories import export_tiny_model
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +24,13 @@ def tiny_peephole_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny-peephole.onnx"
     export_tiny_model(path, peephole=True)
     return path
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real, empty redis-server on a free loopback port (skips if redis-server is not installed)."""
+    server = RedisServer.launch(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()

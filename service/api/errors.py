@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.schemas import ErrorResponse
+from service.api.v2_codec import V2ProtocolError
 from service.engine.errors import (
     Draining,
     EngineError,
@@ -29,6 +32,7 @@ from service.engine.errors import (
     StateMismatch,
     StateStoreUnavailable,
     TooManySessions,
+    UnknownModel,
     VersionConflict,
 )
 
@@ -47,6 +51,7 @@ STATUS: dict[type[EngineError], tuple[int, str]] = {
     NotReady: (503, "not_ready"),
     Draining: (503, "draining"),
     StateStoreUnavailable: (503, "state_store_unavailable"),
+    UnknownModel: (404, "model_not_found"),
 }
 
 DESCRIPTIONS: dict[int, str] = {
@@ -122,13 +127,18 @@ def _where(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+def validation_error_response(errors: Sequence[Any]) -> ErrorJSONResponse:
+    """422 invalid_request naming each field that failed validation (pydantic's `errors()`)."""
     # The client's input is not echoed back: it may be large, and it is theirs already.
     problems = [{"field": _where(e.get("loc", ())),
-                 "problem": str(e.get("msg", "invalid")).removeprefix("Value error, ")} for e in exc.errors()]
+                 "problem": str(e.get("msg", "invalid")).removeprefix("Value error, ")} for e in errors]
     message = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:10])
     return error_response(422, "invalid_request", message or "invalid request", {"errors": problems[:50]})
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return validation_error_response(exc.errors())
 
 
 HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -144,6 +154,41 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "internal server error; it has been logged")
+
+
+def error_payload(exc: Exception) -> dict[str, Any]:
+    """The body of an error met inside a stream (an SSE event, a WebSocket frame), where no status can be sent:
+    the same shape and codes as the HTTP answers."""
+    if isinstance(exc, EngineError):
+        response = engine_error_response(exc)
+    elif isinstance(exc, ValidationError | RequestValidationError):
+        response = validation_error_response(exc.errors())
+    else:
+        log.error("unhandled error in a stream", exc_info=exc)
+        response = error_response(500, "internal_error", "internal server error; it has been logged")
+    payload: dict[str, Any] = json.loads(bytes(response.body))
+    return payload
+
+
+# ---- Open Inference Protocol (KServe V2) ------------------------------------------------------------------------
+def v2_error(status: int, message: str) -> ErrorJSONResponse:
+    """The protocol's error shape, {"error": "message"}, which tritonclient and KServe clients read."""
+    return ErrorJSONResponse({"error": message}, status_code=status)
+
+
+def v2_error_response(exc: Exception) -> ErrorJSONResponse:
+    """An error of a V2 route: 400 for anything wrong with the request (Triton's status for invalid arguments and
+    unknown sequences), otherwise the status the engine error has on the v1 routes (404 unknown model, 429, 503)."""
+    if isinstance(exc, V2ProtocolError):
+        return v2_error(400, exc.message)
+    if isinstance(exc, EngineError):
+        status, _ = next((v for t, v in STATUS.items() if isinstance(exc, t)), (500, "internal_error"))
+        response = v2_error(400 if status in (409, 422) else status, exc.message)
+        if status in (429, 503):
+            response.headers["Retry-After"] = engine_error_response(exc).headers.get("Retry-After", "1")
+        return response
+    log.error("unhandled error on a V2 route", exc_info=exc)
+    return v2_error(500, "internal server error; it has been logged")
 
 
 def install(app: FastAPI) -> None:

@@ -20,11 +20,15 @@ async def healthz() -> Status:
 
 @router.get("/readyz", response_model=Status, responses=responses())
 async def readyz(engine: EngineDep) -> Status | ErrorJSONResponse:
-    """Readiness: 200 once the model is loaded and warm; 503 before that and while draining."""
+    """Readiness: 200 once the model is loaded and warm; 503 before that, while draining (from SIGTERM on), and
+    while the state store (Redis) cannot be reached."""
     if engine.draining:
         return error_response(503, "draining", "the server is shutting down", headers={"Retry-After": "1"})
     if not engine.ready:
         return error_response(503, "not_ready", "the model is not loaded and warm yet", headers={"Retry-After": "1"})
+    if not engine.store_available:
+        return error_response(503, "state_store_unavailable", "the session state store cannot be reached",
+                              headers={"Retry-After": "1"})
     return Status(status="ready")
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from service.engine.errors import Draining, EngineError, PositionConflict, VersionConflict
 from service.engine.runtime import OnnxRuntime
+from service.engine.sampling import SamplingBatch, sample
 from service.metrics import Metrics
 from service.state.store import SessionRecord, StateStore
 
@@ -51,6 +52,18 @@ class StepResult:
     record: SessionRecord | None  # the session as written (None for stateless rows)
     h: np.ndarray  # (layers, hidden): the state after the step
     c: np.ndarray  # (layers, hidden)
+    token: int | None = None  # steps with `sample_next`: the next token, drawn from this step's last logits
+
+
+@dataclass(frozen=True, slots=True)
+class SampleNext:
+    """Generation: after the step, draw the next token from its last logits (service/engine/sampling.py)."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+    step: int  # the token's index within its generation: with the seed, it fixes the random draw
 
 
 @dataclass(eq=False)
@@ -64,6 +77,7 @@ class Step:
     state: tuple[np.ndarray, np.ndarray] | None = None  # stateless rows only: h, c each (layers, hidden)
     start_position: int = 0  # stateless rows only: the position `state` is at
     kind: TokenKind = "prompt"
+    sample_next: SampleNext | None = None
     # Filled in by the batcher.
     future: asyncio.Future[StepResult] = field(init=False, repr=False)
     enqueued_at: float = field(init=False, default=0.0)
@@ -101,6 +115,17 @@ def staircase(
         done = length
     out = [np.concatenate(p) if all_logits[i] else p[0] for i, p in enumerate(pieces)]
     return out, h, c
+
+
+def _sample_next(items: Sequence[Step], logits: Sequence[np.ndarray]) -> dict[int, int]:
+    """The next token of every row that asks for one, drawn in one vectorised call: row index -> token id."""
+    rows = [(i, draw) for i, item in enumerate(items) if (draw := item.sample_next) is not None]
+    if not rows:
+        return {}
+    params = SamplingBatch.from_rows([d.temperature for _, d in rows], [d.top_k for _, d in rows],
+                                     [d.top_p for _, d in rows], [d.seed for _, d in rows], [d.step for _, d in rows])
+    last = np.stack([logits[i] if logits[i].ndim == 1 else logits[i][-1] for i, _ in rows])  # (n, V)
+    return dict(zip((i for i, _ in rows), sample(last, params).tolist(), strict=True))
 
 
 def _fail(item: Step, exc: BaseException) -> None:
@@ -227,6 +252,10 @@ class Batcher:
             self._executor, staircase, self.runtime, rows, h, c, flags, self.metrics)
         for item, _ in live:
             self.metrics.tokens.labels(item.kind).inc(len(item.ids))
+        tokens = _sample_next([item for item, _ in live], logits)
+        # A caller that gave up while its batch ran (a closed stream) gets nothing written: its session keeps
+        # exactly what its client was told.
+        session_rows = [i for i in session_rows if not live[i][0].future.done()]
         written: dict[int, SessionRecord | EngineError] = {}
         if session_rows:
             items = [live[i][0] for i in session_rows]
@@ -240,12 +269,14 @@ class Batcher:
                 [r.version for r in reads if r is not None],
             )
             written = dict(zip(session_rows, results, strict=True))
+            await self._undo_abandoned(live, written)
         for i, (item, _) in enumerate(live):
             if item.future.done():
                 continue
             if item.session_id is None:
                 position = item.start_position + len(item.ids)
-                item.future.set_result(StepResult(logits[i], position, None, hn[:, i].copy(), cn[:, i].copy()))
+                item.future.set_result(StepResult(logits[i], position, None, hn[:, i].copy(), cn[:, i].copy(),
+                                                  tokens.get(i)))
                 continue
             outcome = written[i]
             if isinstance(outcome, VersionConflict):
@@ -256,7 +287,23 @@ class Batcher:
                 _fail(item, outcome)
             else:
                 item.future.set_result(StepResult(logits[i], outcome.position, outcome, hn[:, i].copy(),
-                                                  cn[:, i].copy()))
+                                                  cn[:, i].copy(), tokens.get(i)))
+
+    async def _undo_abandoned(self, live: list[tuple[Step, tuple[np.ndarray, np.ndarray] | None]],
+                              written: dict[int, SessionRecord | EngineError]) -> None:
+        """Put back the states read for steps whose caller gave up while a (remote) store's write was in flight."""
+        undo: list[tuple[SessionRecord, SessionRecord, tuple[np.ndarray, np.ndarray]]] = []  # read, written, state
+        for i, outcome in written.items():
+            item, state = live[i]
+            if item.future.done() and isinstance(outcome, SessionRecord):
+                assert item.read is not None and state is not None
+                undo.append((item.read, outcome, state))
+        if undo:
+            await self.store.save_many(
+                [read.session_id for read, _, _ in undo],
+                np.stack([state[0] for _, _, state in undo], axis=1),  # (L, n, H)
+                np.stack([state[1] for _, _, state in undo], axis=1),
+                [read.position for read, _, _ in undo], [new.version for _, new, _ in undo])
 
     async def _load(self, batch: list[Step]) -> list[tuple[Step, tuple[np.ndarray, np.ndarray] | None]]:
         """Read the sessions' states in one call; fail the items that cannot run. -> (item, its h, c or None)."""

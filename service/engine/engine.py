@@ -28,6 +28,7 @@ from service.engine.state_io import PortableState, export_state, import_state
 from service.engine.topk import TokenProb, top_k
 from service.metrics import Metrics
 from service.state.memory import MemoryStateStore
+from service.state.snapshot import Snapshotter
 from service.state.store import SessionRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -58,16 +59,39 @@ class Engine:
         self._locks = SessionLocks()
         self._ready = False
         self._draining = False
+        self._stopping = False  # SIGTERM received: no new sessions or streams, readiness false
+        self._snapshots: Snapshotter | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        """True once the model is loaded and warm, until draining starts."""
-        return self._ready and not self._draining
+        """True once the model is loaded and warm, until draining (or the shutdown that precedes it) starts."""
+        return self._ready and not self._draining and not self._stopping
 
     @property
     def draining(self) -> bool:
-        return self._draining
+        return self._draining or self._stopping
+
+    @property
+    def store_available(self) -> bool:
+        """False while a remote state store cannot be reached (readiness reports it)."""
+        return self._store is None or self._store.available
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: readiness false at once, new sessions and streams refused (503 draining); requests already
+        running, and requests to existing sessions, are still served until the lifespan drains the engine.
+        Synchronous and idempotent: called from a signal handler."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.metrics.ready.set(0)
+        log.info("shutdown requested: readiness false, refusing new sessions and streams")
+
+    def check_accepting_new(self) -> None:
+        """Raise Draining once shutdown started; for work that would outlive it (new sessions, streams)."""
+        self._check_serving()
+        if self._stopping:
+            raise Draining()
 
     @property
     def runtime(self) -> OnnxRuntime:
@@ -88,6 +112,11 @@ class Engine:
         return self._batcher
 
     @property
+    def locks(self) -> SessionLocks:
+        """The per-session locks; generation, inspection and V2 sequences hold them as the requests here do."""
+        return self._locks
+
+    @property
     def metadata(self) -> ModelMetadata:
         return self.runtime.metadata
 
@@ -101,7 +130,13 @@ class Engine:
         self._runtime = runtime
         if self._store is None:
             self._store = self._make_store(runtime)
+            if s.snapshot_path is not None and isinstance(self._store, MemoryStateStore):
+                self._snapshots = Snapshotter(self._store, s.snapshot_path, s.snapshot_interval_s,
+                                              runtime.metadata.fingerprint)
+                await self._snapshots.restore()
+                self.metrics.active_sessions.set(await self._store.count())
         self._store.add_eviction_listener(self._on_evicted)
+        await self._store.start()
         self._batcher = Batcher(runtime, self._store, self.metrics, max_batch_size=s.max_batch_size,
                                 max_batch_delay_s=s.max_batch_delay_s)
         self._batcher.start()
@@ -111,6 +146,8 @@ class Engine:
             await self._batcher.stop()  # no worker thread left behind by a failed start
             raise
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="lstm-serve-sweeper")
+        if self._snapshots is not None:
+            self._snapshots.start()
         meta = runtime.metadata
         self.metrics.model_info.labels(meta.name, meta.version, meta.fingerprint, runtime.provider).set(1)
         self._ready = True
@@ -122,8 +159,13 @@ class Engine:
 
     def _make_store(self, runtime: OnnxRuntime) -> StateStore:
         s = self.settings
-        if s.state_backend != "memory":
-            raise RuntimeError(f"state_backend {s.state_backend!r} is not available in this version; use 'memory'")
+        if s.state_backend == "redis":
+            from service.state.redis import RedisStateStore
+
+            return RedisStateStore.from_url(
+                s.redis_url, runtime.layers, runtime.hidden, s.max_sessions,
+                model_fingerprint=runtime.metadata.fingerprint, key_prefix=s.redis_key_prefix,
+                evict_idle_after_s=s.evict_idle_after_s, remember_gone_s=86_400.0 if s.remember_expired else 0.0)
         return MemoryStateStore(runtime.layers, runtime.hidden, s.max_sessions,
                                 evict_idle_after_s=s.evict_idle_after_s, remember_gone=s.remember_expired)
 
@@ -171,6 +213,8 @@ class Engine:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self._snapshots is not None:
+            await self._snapshots.stop()  # after the last batch: the final snapshot misses no write
         if self._store is not None:
             await self._store.close()
         log.info("drained")
@@ -189,6 +233,10 @@ class Engine:
             raise Draining()
         if not self._ready:
             raise NotReady()
+
+    def check_serving(self) -> None:
+        """Raise Draining or NotReady unless the engine takes work (for the engine's extensions)."""
+        self._check_serving()
 
     # ---- input -------------------------------------------------------------------------------------------
     def encode(self, text: str | None, tokens: Sequence[int] | None) -> np.ndarray | None:
@@ -254,7 +302,7 @@ class Engine:
         state: PortableState | None = None,
     ) -> tuple[SessionRecord, list[TokenProb] | None]:
         """A new session (zeros, or a restored state), primed with the input if given (then its next too)."""
-        self._check_serving()
+        self.check_accepting_new()
         ids = self.encode(text, tokens)
         ttl = self._ttl(ttl_s)
         h = c = None
@@ -311,7 +359,7 @@ class Engine:
 
     async def fork_session(self, session_id: str, ttl_s: float | None = None) -> SessionRecord:
         """A new session with a copy of this one's state and position; the source is unchanged."""
-        self._check_serving()
+        self.check_accepting_new()
         ttl = None if ttl_s is None else self._ttl(ttl_s)
         async with self._locks.hold(session_id):
             record = await self.store.fork(session_id, ttl)

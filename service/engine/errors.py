@@ -105,3 +105,22 @@ class Draining(EngineError):
 
 class StateStoreUnavailable(EngineError):
     """The state store cannot be reached (a remote store); no session was changed."""
+
+
+class SequenceNotStarted(InvalidInput):
+    """An Open Inference Protocol request continues a sequence that was never started, has ended or has expired."""
+
+    def __init__(self, sequence_id: int | str) -> None:
+        super().__init__(
+            f"sequence {sequence_id!r} was never started, has ended, or has expired; send its first request with "
+            "parameters.sequence_start = true", code="sequence_not_started")
+        self.sequence_id = sequence_id
+
+
+class UnknownModel(EngineError):
+    """A request names a model (OpenAI `model`, a V2 model or version) that this server does not serve."""
+
+    def __init__(self, requested: str, served: str) -> None:
+        super().__init__(f"model {requested!r} is not served here; this server serves {served!r}")
+        self.requested = requested
+        self.served = served

@@ -140,5 +140,13 @@ class StateStore(ABC):
     async def sweep_expired(self) -> int:
         """Remove every session idle past its TTL; return how many were removed."""
 
+    @property
+    def available(self) -> bool:
+        """False while a remote backend cannot be reached (readiness reports it); the in-memory store always is."""
+        return True
+
+    async def start(self) -> None:  # noqa: B027 - optional hook: remote backends start a health check here
+        """Start background work; the in-memory store has none."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook: remote backends close connections here
         """Release resources; the in-memory store has none."""

@@ -23,8 +23,8 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 # only these; test_metric_catalogue_matches_the_service checks the list against the service when it imports.
 METRICS: dict[str, str] = {
     "lstm_serve_requests_total": "counter",
-    "lstm_serve_request_duration_seconds": "histogram",
-    "lstm_serve_inference_duration_seconds": "histogram",
+    "lstm_serve_request_latency_seconds": "histogram",
+    "lstm_serve_inference_latency_seconds": "histogram",
     "lstm_serve_batch_size": "histogram",
     "lstm_serve_queue_wait_seconds": "histogram",
     "lstm_serve_tokens_total": "counter",

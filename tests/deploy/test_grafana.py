@@ -31,7 +31,7 @@ PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "lstm-serve.yml"
 # What the dashboard must show, as the metric behind each.
 REQUIRED = {
     "requests/s": "lstm_serve_requests_total",
-    "latency": "lstm_serve_request_duration_seconds",
+    "latency": "lstm_serve_request_latency_seconds",
     "batch size": "lstm_serve_batch_size",
     "queue wait": "lstm_serve_queue_wait_seconds",
     "active sessions": "lstm_serve_active_sessions",
@@ -103,7 +103,7 @@ def test_dashboard_shows_what_operators_need(dashboard: dict[str, Any]) -> None:
     used = {SERIES_NAMES[n] for _, t in targets(dashboard) for n in metric_names_in(t["expr"])}
     missing = {what: metric for what, metric in REQUIRED.items() if metric not in used}
     assert not missing, f"the dashboard lacks: {missing}"
-    latency = [t["expr"] for _, t in targets(dashboard) if "lstm_serve_request_duration_seconds_bucket" in t["expr"]]
+    latency = [t["expr"] for _, t in targets(dashboard) if "lstm_serve_request_latency_seconds_bucket" in t["expr"]]
     assert any("histogram_quantile(0.5," in e for e in latency), "p50 latency"
     assert any("histogram_quantile(0.99," in e for e in latency), "p99 latency"
 

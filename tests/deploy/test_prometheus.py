@@ -64,7 +64,7 @@ def test_alerts_cover_the_basics() -> None:
     rules = alerts()
     exprs = {str(r["alert"]): str(r["expr"]) for r in rules}
     assert any('up{job="lstm-serve"}' in e for e in exprs.values()), "an alert for a replica down"
-    assert any("histogram_quantile(0.99" in e and "lstm_serve_request_duration_seconds" in e
+    assert any("histogram_quantile(0.99" in e and "lstm_serve_request_latency_seconds" in e
                for e in exprs.values()), "an alert on p99 latency"
     assert any("lstm_serve_sessions_evicted_total" in e for e in exprs.values()), "an alert on evictions"
     for rule in rules:

@@ -21,10 +21,12 @@ from service.engine.errors import (
     PositionConflict,
     SessionNotFound,
     StateMismatch,
+    StateStoreUnavailable,
 )
 from service.engine.state_io import PortableState
 from service.metrics import Metrics
 from tests.factories import TEST_VOCAB
+from tests.redis_server import free_port
 from tests.service.conftest import SettingsFactory
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer"
@@ -219,8 +221,14 @@ def test_pieces_equal_whole_text_for_any_split(make_settings: SettingsFactory) -
         runner.run(eng.drain())
 
 
-async def test_a_backend_this_version_lacks_fails_at_start(make_settings: SettingsFactory) -> None:
-    eng = Engine(make_settings(state_backend="redis"), Metrics())
-    with pytest.raises(RuntimeError, match="state_backend 'redis' is not available"):
-        await eng.start()
-    assert not eng.ready
+async def test_the_redis_backend_starts_without_redis_and_reports_it_unavailable(
+        make_settings: SettingsFactory) -> None:
+    # Nothing listens on this port: the model still loads (readiness then waits for the store), requests get 503.
+    eng = Engine(make_settings(state_backend="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0"), Metrics())
+    await eng.start()
+    try:
+        assert eng.ready and not eng.store_available
+        with pytest.raises(StateStoreUnavailable):
+            await eng.create_session()
+    finally:
+        await eng.drain()
