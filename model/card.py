@@ -41,7 +41,8 @@ def write_card(
     params = cfg.vocab_size * cfg.embed_size + cfg.hidden_size * cfg.vocab_size + cfg.vocab_size
     for layer in range(cfg.num_layers):
         fan_in = cfg.embed_size if layer == 0 else cfg.hidden_size
-        params += 4 * cfg.hidden_size * (fan_in + cfg.hidden_size + 1) + (3 * cfg.hidden_size if cfg.peephole else 0)
+        params += 4 * cfg.hidden_size * (fan_in + cfg.hidden_size + 1)
+        params += 3 * cfg.hidden_size if cfg.peephole else 0
     sample = sample_text(model_path, "ROMEO:\n")
     history = "\n".join(
         f"| {r['step']} | {r['train_loss']:.3f} | {r['val_loss']:.3f} | {r['minutes']:.1f} |"

@@ -34,7 +34,8 @@ def load_session(path: Path, threads: int = 0) -> tuple[ort.InferenceSession, Mo
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    out: np.ndarray = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return out
 
 
 def evaluate_onnx(path: Path, text: str, batch: int = 32, window: int = 256) -> Evaluation:

@@ -116,7 +116,8 @@ class ReferenceLSTM:
             x_t = x[:, t]
 
             def pre(g: str, x_t: np.ndarray = x_t, h: np.ndarray = h) -> np.ndarray:
-                return x_t @ lw.w_x[g].T + h @ lw.w_h[g].T + lw.b[g]  # W_g [h_{t-1}, x_t] + b_g
+                out: np.ndarray = x_t @ lw.w_x[g].T + h @ lw.w_h[g].T + lw.b[g]  # W_g [h_{t-1}, x_t] + b_g
+                return out
 
             peep = lw.p
             f = sigmoid(pre("f") + (peep["f"] * c if peep else 0.0))  # forget gate
