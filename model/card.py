@@ -43,6 +43,7 @@ def write_card(
         fan_in = cfg.embed_size if layer == 0 else cfg.hidden_size
         params += 4 * cfg.hidden_size * (fan_in + cfg.hidden_size + 1)
         params += 3 * cfg.hidden_size if cfg.peephole else 0
+    state_bytes = 2 * cfg.num_layers * cfg.hidden_size * 4
     sample = sample_text(model_path, "ROMEO:\n")
     history = "\n".join(
         f"| {r['step']} | {r['train_loss']:.3f} | {r['val_loss']:.3f} | {r['minutes']:.1f} |"
@@ -61,7 +62,7 @@ stacked {cfg.num_layers} layers deep, exported to ONNX with one standard `LSTM` 
 | layers x hidden | {cfg.num_layers} x {cfg.hidden_size} (embedding {cfg.embed_size}, peephole {cfg.peephole}) |
 | parameters | {params:,} |
 | vocabulary | {cfg.vocab_size} characters |
-| state per session | h and C: 2 x {cfg.num_layers} x {cfg.hidden_size} float32 = {2 * cfg.num_layers * cfg.hidden_size * 4:,} bytes |
+| state per session | h and C: 2 x {cfg.num_layers} x {cfg.hidden_size} float32 = {state_bytes:,} bytes |
 
 ## Data
 {CORPUS_NAME}: every play as markdown, turned into plain play text (`NAME:` on its own line, then the speech;
