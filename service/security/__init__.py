@@ -1,0 +1,1 @@
+"""Access control and limits: API keys, per-key rate limits (FastAPI-free)."""
