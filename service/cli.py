@@ -119,6 +119,12 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(create_app(settings), settings)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from service.bench.runner import bench
+
+    return bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lstm-serve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the HTTP server (every flag also reads an LSTM_SERVE_* variable)")
     _add_settings_flags(p)
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("bench", help="benchmark: start the servers, drive them, write the report and plots")
+    p.add_argument("--short", action="store_true", help="the smoke mode: tiny counts, under a minute")
+    p.add_argument("--out", default=None, help="output directory (default docs/benchmarks, short: build/bench-short)")
+    p.add_argument("--model", default=None, help=f"ONNX model (default {BUNDLED_MODEL.name}, the bundled one)")
+    p.add_argument("--url", default=None, help="measure this running server instead of starting one")
+    p.add_argument("--only", default=None, help="comma-separated scenarios (limit,predict,resend,stream,steps,"
+                   "memory,optimisations,gpu)")
+    p.add_argument("--concurrency", default=None, help="comma-separated concurrencies (default 1,16,64,256)")
+    p.add_argument("--duration", type=float, default=None, help="seconds each load point measures")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--no-profile", action="store_true", help="do not profile the servers for missed targets")
+    p.set_defaults(func=_bench)
     return parser
 
 

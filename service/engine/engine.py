@@ -135,6 +135,8 @@ class Engine:
                                               runtime.metadata.fingerprint)
                 await self._snapshots.restore()
                 self.metrics.active_sessions.set(await self._store.count())
+            elif s.snapshot_path is not None:
+                log.warning("snapshot_path is ignored: only the memory backend snapshots (Redis keeps the sessions)")
         self._store.add_eviction_listener(self._on_evicted)
         await self._store.start()
         self._batcher = Batcher(runtime, self._store, self.metrics, max_batch_size=s.max_batch_size,

@@ -1,0 +1,57 @@
+"""Serving under uvicorn with a graceful shutdown on SIGTERM (and SIGINT).
+
+The sequence:
+1. The signal arrives: the engine starts shutting down at once, from the signal handler: /readyz answers 503
+   `draining`, new sessions (create, fork) and new streams are refused with 503 `draining`; requests already
+   running, and requests to existing sessions that are already on their way, are still served.
+2. uvicorn (at its next 0.1 s tick) stops accepting connections, closes idle keep-alive connections and waits for
+   the running requests and streams, at most `shutdown_grace_s` seconds; it cancels what is left after that.
+3. The lifespan shutdown drains the engine: queued batch items run, the batcher stops, the in-memory store writes
+   its final snapshot (when LSTM_SERVE_SNAPSHOT_PATH is set), the Redis connection pool closes.
+4. The process exits 0. (uvicorn re-raises the signal it handled once it is done; a SIGTERM handler installed
+   here swallows it, so the exit status says "clean shutdown" rather than "killed by SIGTERM".)
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from service.config import Settings
+
+STARTUP_FAILURE = 3  # uvicorn's exit status when the lifespan startup fails
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's Server, telling the app the moment a shutdown signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown_signal: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_shutdown_signal = on_shutdown_signal
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_shutdown_signal()
+        super().handle_exit(sig, frame)
+
+
+def _clean_exit(signum: int, frame: FrameType | None) -> None:
+    """The SIGTERM uvicorn re-raises after its graceful shutdown: the shutdown is done, exit normally."""
+
+
+def serve(app: FastAPI, settings: Settings) -> int:
+    """Run the app until SIGTERM/SIGINT; the process's exit status (0 after a graceful shutdown)."""
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, loop="auto", http="auto", log_config=None, access_log=False,
+        lifespan="on", timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s))
+    server = GracefulServer(config, app.state.engine.begin_shutdown)
+    previous = signal.signal(signal.SIGTERM, _clean_exit)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0 if server.started else STARTUP_FAILURE
