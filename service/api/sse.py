@@ -1,0 +1,58 @@
+"""Generation events as server-sent events: `data: <json>` per event, then `data: [DONE]`.
+
+An error met midway (the session expired, the server is draining, a bug) is sent as one more event with the usual
+error shape, then `data: [DONE]`: the status line went out with the first event. sse-starlette notices a client
+that disconnects and cancels the stream; the generation then stops before its next step and its session keeps
+exactly the tokens that were sent (service/engine/generation.py). On shutdown, streams get most of the server's
+grace period to finish before they are cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from contextlib import aclosing
+from typing import Any, Protocol
+
+import orjson
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from service.api.errors import error_payload
+from service.engine.generation import Event, Finished, Token
+
+DONE = "[DONE]"
+SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+          "description": "With `stream: true`: the events, as described in the body's `stream` field."},
+}
+
+
+class Renderer(Protocol):
+    """What a protocol sends for each generation event (any number of JSON payloads, possibly none)."""
+
+    def token(self, token: Token) -> Iterable[dict[str, Any]]: ...
+
+    def finished(self, result: Finished) -> Iterable[dict[str, Any]]: ...
+
+
+def _event(payload: dict[str, Any]) -> ServerSentEvent:
+    return ServerSentEvent(data=orjson.dumps(payload).decode())
+
+
+async def _events(events: AsyncGenerator[Event, None], renderer: Renderer) -> AsyncIterator[ServerSentEvent]:
+    try:
+        # aclosing: when the response stops early, the generation is closed at once, in this task, so it can
+        # tell a token whose send was interrupted from one that went out.
+        async with aclosing(events) as stream:
+            async for event in stream:
+                payloads = renderer.token(event) if isinstance(event, Token) else renderer.finished(event)
+                for payload in payloads:
+                    yield _event(payload)
+    except Exception as exc:  # the stream has started: the error can only be an event now
+        yield _event(error_payload(exc))
+    yield ServerSentEvent(data=DONE)
+
+
+def event_stream(events: AsyncGenerator[Event, None], renderer: Renderer,
+                 shutdown_grace_s: float) -> EventSourceResponse:
+    """The response that streams a generation; `shutdown_grace_s`: the server's grace period at shutdown."""
+    return EventSourceResponse(_events(events, renderer), shutdown_grace_period=0.9 * shutdown_grace_s)

@@ -1,0 +1,274 @@
+"""Generation: many streams advance together, one token per stream per shared batch (continuous batching).
+
+A generation is a loop of batcher steps. Each step feeds the stream's latest token and asks the batcher to draw
+the next one from the logits the step produces (`SampleNext`): the batcher samples every generating row of a batch
+in one vectorised call. No stream runs a private model loop; whatever else is queued -- other streams' steps,
+prompts, predictions -- shares the batch.
+
+The first token: with a prompt, the step that feeds the prompt draws it. A session continuing without a prompt has
+only its stored state, so its first token is drawn from the output layer applied to the stored h
+(service/engine/head.py), bit for bit the logits the full graph gave after the session's last token. A
+generation's tokens are therefore the same whether its prompt came with it, was fed to the session earlier, or went
+through the stateless route; and, drawn with counter-based seeded uniforms, whatever streams share its batches.
+
+Sessions, and what was sent. A generation holds its session's lock from its first step to its last, so a predict
+on the same session waits for it. Each token's step writes the session's state (compare-and-set) before the token
+is handed out, and the consumer asking for the next token confirms that it was sent. A consumer that stops
+- while a step is in flight (a client disconnect cancels the stream): the batcher writes nothing for a step whose
+  caller has gone, so the session ends at the last token handed out;
+- at a token it never confirmed (it closes the generator there because sending failed): that token is rolled back.
+Either way the session keeps exactly the tokens that were sent, and its position counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import AbstractAsyncContextManager, aclosing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from service.engine.batcher import SampleNext, Step, StepResult
+from service.engine.errors import EngineError, InvalidInput, PositionConflict
+from service.engine.head import Head
+from service.engine.sampling import InvalidSamplingParams, SamplingBatch, StopMatcher, sample, validate_params
+
+if TYPE_CHECKING:
+    from service.engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 100
+FinishReason = Literal["length", "stop"]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    """Validated: max_tokens within the server's limit, a seed always set (drawn when the client gave none)."""
+
+    max_tokens: int
+    temperature: float  # 0 = greedy
+    top_k: int  # 0 = off
+    top_p: float  # 1 = off
+    seed: int
+    stop: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One generated token; `position` is the session's (or stateless row's) position after it."""
+
+    token: str
+    id: int
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The last event of a generation."""
+
+    text: str
+    tokens: tuple[int, ...]
+    finish_reason: FinishReason
+    position: int
+    prompt_tokens: int
+    stop: str | None  # the stop string the text ends with, when finish_reason is "stop"
+
+
+Event = Token | Finished
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A generation checked and ready to run; made before a response starts, so its errors get an HTTP status."""
+
+    params: GenerationParams
+    prompt: np.ndarray | None  # (T,) int64 fed before generating, or None to continue from the state
+    session_id: str | None  # None: stateless, from a zero state
+    started: float  # time.perf_counter() when the request came: time to first token counts from here
+    expected_position: int | None = None  # sessions: refuse (PositionConflict) unless the session is there
+
+
+@dataclass(frozen=True, slots=True)
+class _Cursor:
+    """Where a stream stands: the token to feed next, and the state it will be fed to."""
+
+    next_token: int
+    h: np.ndarray  # (layers, hidden)
+    c: np.ndarray  # (layers, hidden)
+    position: int
+    version: int | None  # the session's record version after the last write; None for stateless rows
+
+
+class Generator:
+    """Runs generations through the engine's batcher; one per engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._head: Head | None = None
+        self._head_lock = asyncio.Lock()
+
+    def params(
+        self,
+        *,
+        max_tokens: int | None = None,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> GenerationParams:
+        """Check sampling parameters against the model and the settings; InvalidInput names what is wrong."""
+        limit = self._engine.settings.max_generate_tokens
+        tokens = min(DEFAULT_MAX_TOKENS, limit) if max_tokens is None else max_tokens
+        if not 1 <= tokens <= limit:
+            raise InvalidInput(f"max_tokens must be between 1 and the server's max_generate_tokens {limit}, "
+                               f"got {tokens}")
+        try:
+            validate_params(temperature, top_k, top_p, self._engine.metadata.config.vocab_size, seed)
+            StopMatcher(stop)
+        except (InvalidSamplingParams, TypeError) as exc:
+            raise InvalidInput(str(exc)) from None
+        return GenerationParams(max_tokens=tokens, temperature=float(temperature), top_k=int(top_k),
+                                top_p=float(top_p), seed=secrets.randbits(64) if seed is None else int(seed),
+                                stop=tuple(stop))
+
+    async def prepare(
+        self,
+        params: GenerationParams,
+        *,
+        session_id: str | None = None,
+        text: str | None = None,
+        tokens: Sequence[int] | None = None,
+        expected_position: int | None = None,
+    ) -> Plan:
+        """Check everything that can be checked before streaming: serving, the prompt, the session's existence."""
+        started = time.perf_counter()
+        engine = self._engine
+        engine.check_accepting_new()  # new streams are refused once shutdown has begun
+        prompt = engine.encode(text, tokens)
+        if session_id is not None:
+            # SessionNotFound, SessionExpired, PositionConflict answered with their status, not mid-stream.
+            record = await engine.store.get_record(session_id)
+            if expected_position is not None and record.position != expected_position:
+                raise PositionConflict(session_id, expected_position, record.position)
+        elif expected_position is not None:
+            raise InvalidInput("expected_position applies to sessions only")
+        return Plan(params=params, prompt=prompt, session_id=session_id, started=started,
+                    expected_position=expected_position)
+
+    async def run(self, plan: Plan) -> Finished:
+        """The whole generation at once."""
+        async with aclosing(self.stream(plan)) as events:
+            async for event in events:
+                if isinstance(event, Finished):
+                    return event
+        raise AssertionError("a generation always ends with Finished")
+
+    async def stream(self, plan: Plan) -> AsyncGenerator[Event, None]:
+        """Token events as they are produced, then Finished. Close it (aclose) when stopping early."""
+        metrics = self._engine.metrics
+        chars = self._engine.metadata.tokenizer.chars
+        metrics.streams_in_progress.inc()
+        try:
+            async with self._hold(plan):
+                cursor = await self._start(plan)
+                matcher = StopMatcher(plan.params.stop)
+                ids: list[int] = []
+                finish: FinishReason = "length"
+                last = plan.started
+                for k in range(plan.params.max_tokens):
+                    token, before = cursor.next_token, cursor
+                    cursor = await self._advance(plan, cursor, k + 1)  # feeds `token`: it is now in the session
+                    now = time.perf_counter()
+                    (metrics.time_to_first_token if k == 0 else metrics.inter_token_latency).observe(now - last)
+                    last = now
+                    ids.append(token)
+                    try:
+                        yield Token(token=chars[token], id=token, position=cursor.position)
+                    except GeneratorExit:  # the consumer stopped before confirming this token was sent
+                        await self._roll_back(plan, before, cursor)
+                        raise
+                    if matcher.feed(chars[token]) is not None:
+                        finish = "stop"
+                        break
+                prompt_tokens = 0 if plan.prompt is None else len(plan.prompt)
+                yield Finished(text="".join(chars[i] for i in ids), tokens=tuple(ids), finish_reason=finish,
+                               position=cursor.position, prompt_tokens=prompt_tokens, stop=matcher.matched)
+        finally:
+            metrics.streams_in_progress.dec()
+
+    # ---- steps -------------------------------------------------------------------------------------------
+    def _hold(self, plan: Plan) -> AbstractAsyncContextManager[None]:
+        if plan.session_id is None:
+            return contextlib.nullcontext()
+        return self._engine.locks.hold(plan.session_id)
+
+    @staticmethod
+    def _draw(params: GenerationParams, step: int) -> SampleNext:
+        return SampleNext(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, seed=params.seed,
+                          step=step)
+
+    async def _start(self, plan: Plan) -> _Cursor:
+        """Feed the prompt (drawing the first token in the same step), or draw it from the stored state."""
+        engine = self._engine
+        first = self._draw(plan.params, 0)
+        if plan.prompt is not None:
+            return _cursor(await engine.batcher.submit(Step(ids=plan.prompt, session_id=plan.session_id, kind="prompt",
+                                                            expected_position=plan.expected_position,
+                                                            sample_next=first)))
+        version: int | None = None
+        if plan.session_id is None:
+            h = np.zeros(engine.store.state_shape, dtype=np.float32)  # (layers, hidden)
+            c = np.zeros_like(h)
+            position = 0
+        else:
+            record, h, c = await engine.store.get_state(plan.session_id)
+            position, version = record.position, record.version
+            if plan.expected_position is not None and position != plan.expected_position:
+                raise PositionConflict(plan.session_id, plan.expected_position, position)
+        logits = (await self._output_layer()).logits(h[-1:])  # (1, V): the top layer's h through the head
+        draw = SamplingBatch.from_rows([first.temperature], [first.top_k], [first.top_p], [first.seed], [first.step])
+        return _Cursor(int(sample(logits, draw)[0]), h, c, position, version)
+
+    async def _advance(self, plan: Plan, cursor: _Cursor, step: int) -> _Cursor:
+        """Feed the cursor's token (committing it to the session) and draw the one after it."""
+        ids = np.array([cursor.next_token], dtype=np.int64)  # (1,)
+        draw = self._draw(plan.params, step)
+        if plan.session_id is None:
+            item = Step(ids=ids, state=(cursor.h, cursor.c), start_position=cursor.position, kind="generated",
+                        sample_next=draw)
+        else:
+            item = Step(ids=ids, session_id=plan.session_id, expected_position=cursor.position, kind="generated",
+                        sample_next=draw)
+        return _cursor(await self._engine.batcher.submit(item))
+
+    async def _roll_back(self, plan: Plan, before: _Cursor, after: _Cursor) -> None:
+        """Put the session back where it was before a token that was never sent (compare-and-set on our write)."""
+        if plan.session_id is None or after.version is None:
+            return
+        results = await self._engine.store.save_many(
+            [plan.session_id], before.h[:, None], before.c[:, None], [before.position], [after.version])
+        if isinstance(results[0], EngineError):
+            log.warning("could not roll back an unsent token", extra={"session_id": plan.session_id,
+                                                                      "error": results[0].message})
+
+    async def _output_layer(self) -> Head:
+        if self._head is None:
+            async with self._head_lock:
+                if self._head is None:
+                    engine = self._engine
+                    self._head = await asyncio.to_thread(Head.load, engine.settings.model_path, engine.runtime)
+        return self._head
+
+
+def _cursor(result: StepResult) -> _Cursor:
+    assert result.token is not None  # every generation step asks the batcher for the next token
+    version = None if result.record is None else result.record.version
+    return _Cursor(result.token, result.h, result.c, result.position, version)

@@ -1,0 +1,123 @@
+"""Gate inspection: what every gate of every layer did for each character fed, from the weights in the ONNX file.
+
+The NumPy reference (model/reference.py) runs the notes' equations in float64 on the served file's weights, from the
+session's stored state (read under the session's lock); then the engine advances the session through the batcher
+exactly as predict does, refusing if the session moved in between. The reference's final C, h and logits are
+compared with what ONNX Runtime computed and the largest differences are returned with the gates: they show that
+these are the served model's values, not an approximation of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from model.reference import GateTrace, ReferenceLSTM
+from service.engine.batcher import Step, StepResult
+from service.engine.errors import InvalidInput
+from service.engine.runtime import ModelLoadError
+from service.engine.topk import TokenProb, top_k
+from service.state.store import SessionRecord
+
+if TYPE_CHECKING:
+    from service.engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+# float64 gates against ONNX Runtime's float32: a larger gap means the file and the running model differ.
+WARN_DEVIATION = 1e-3
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    ids: np.ndarray  # (T,) the tokens fed
+    start_position: int  # the position before the first of them
+    layers: list[GateTrace]  # per layer: f, i, c_tilde, o, c, h, each (T, hidden) float64
+    next: list[TokenProb]  # the most likely tokens after the input, from ONNX Runtime's logits
+    position: int  # after the input
+    record: SessionRecord | None  # the session as written; None when stateless
+    deviation: dict[str, float]  # largest |reference - ONNX Runtime| of the final h, c and logits
+
+
+class Inspector:
+    """Gate inspection through the engine; the reference weights are read from the model file on first use."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._reference: ReferenceLSTM | None = None
+        self._load_lock = asyncio.Lock()
+
+    @property
+    def chars(self) -> tuple[str, ...]:
+        """The vocabulary, by token id."""
+        return self._engine.metadata.tokenizer.chars
+
+    async def inspect(
+        self,
+        *,
+        session_id: str | None = None,
+        text: str | None = None,
+        tokens: Sequence[int] | None = None,
+        top: int = 5,
+    ) -> Inspection:
+        """Feed the input (to the session, or from a zero state) and return every gate's activations."""
+        engine = self._engine
+        engine.check_serving()
+        ids = engine.encode(text, tokens)
+        if ids is None:
+            raise InvalidInput("give 'text' or 'tokens'")
+        limit = engine.settings.max_inspect_length
+        if len(ids) > limit:
+            raise InvalidInput(f"inspection returns vectors per character: at most {limit} characters, got "
+                               f"{len(ids)}", code="text_too_long")
+        reference = await self._load()
+        if session_id is None:
+            h = np.zeros(engine.store.state_shape, dtype=np.float32)  # (layers, hidden)
+            c = np.zeros_like(h)
+            return self._compare(ids, 0, await asyncio.to_thread(reference.run, ids[None], h[:, None], c[:, None]),
+                                 await engine.batcher.submit(Step(ids=ids)), top)
+        async with engine.locks.hold(session_id):
+            record, h, c = await engine.store.get_state(session_id)
+            traced = await asyncio.to_thread(reference.run, ids[None], h[:, None], c[:, None])
+            result = await engine.batcher.submit(Step(ids=ids, session_id=session_id,
+                                                      expected_position=record.position))
+        return self._compare(ids, record.position, traced, result, top)
+
+    def _compare(
+        self,
+        ids: np.ndarray,
+        start: int,
+        traced: tuple[np.ndarray, np.ndarray, np.ndarray, list[GateTrace]],
+        result: StepResult,
+        top: int,
+    ) -> Inspection:
+        logits, hn, cn, traces = traced  # (1, T, V), (L, 1, H), (L, 1, H), per layer (1, T, H)
+        deviation = {
+            "h": float(np.abs(hn[:, 0] - result.h).max()),
+            "c": float(np.abs(cn[:, 0] - result.c).max()),
+            "logits": float(np.abs(logits[0, -1] - result.logits).max()),
+        }
+        if max(deviation.values()) > WARN_DEVIATION:
+            log.warning("gate inspection disagrees with ONNX Runtime", extra={"deviation": deviation})
+        layers = [GateTrace(f=t.f[0], i=t.i[0], c_tilde=t.c_tilde[0], o=t.o[0], c=t.c[0], h=t.h[0]) for t in traces]
+        return Inspection(ids=ids, start_position=start, layers=layers,
+                          next=top_k(result.logits, top, self._engine.metadata.tokenizer), position=result.position,
+                          record=result.record, deviation=deviation)
+
+    async def _load(self) -> ReferenceLSTM:
+        if self._reference is None:
+            async with self._load_lock:
+                if self._reference is None:
+                    engine = self._engine
+                    reference = await asyncio.to_thread(ReferenceLSTM.from_onnx, engine.settings.model_path)
+                    if reference.metadata.fingerprint != engine.metadata.fingerprint:
+                        raise ModelLoadError(f"{engine.settings.model_path} now holds model "
+                                             f"{reference.metadata.fingerprint}, not the served "
+                                             f"{engine.metadata.fingerprint}")
+                    self._reference = reference
+        return self._reference
