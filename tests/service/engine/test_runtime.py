@@ -45,7 +45,7 @@ def test_runs_the_exported_graph_like_the_reference(tiny_model_path: Path, tiny_
     logits, hn, cn = rt.run(ids, h, c)
     assert rt.runs == runs + 1
     ref_logits, ref_h, ref_c, _ = ReferenceLSTM.from_onnx(path).run(ids, h, c)
-    np.testing.assert_allclose(logits, ref_logits, atol=1e-4)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=1e-5)
     np.testing.assert_allclose(hn, ref_h, atol=1e-5)
     np.testing.assert_allclose(cn, ref_c, atol=1e-5)
 
