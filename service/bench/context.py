@@ -1,0 +1,126 @@
+"""What every scenario shares: the plan, the servers under test, the load process, and one `point` call that
+runs a load job against a server while measuring the server's own CPU use."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from model.onnx_meta import ModelMetadata
+from service.bench.plan import Plan
+from service.bench.servers import HOST, LoadProcess, Server
+
+# Text the sessions start from and the characters users type, kept to what the model's vocabulary has.
+PREFIX = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
+          "Arise, fair sun, and kill the envious moon,\nWho is already sick and pale with grief,\n")
+TYPED = "etaoinshrdlucmfwypvbgk ETAOINSHRD,.;:!?\n"
+
+
+@dataclass
+class Target:
+    """A server the load drives: started by the bench (pid known) or given by URL."""
+
+    name: str
+    host: str
+    port: int
+    pid: int | None = None
+
+    @classmethod
+    def of(cls, server: Server) -> Target:
+        return cls(server.spec.name, HOST, server.port, server.pid)
+
+
+@dataclass
+class Context:
+    plan: Plan
+    model: Path
+    meta: ModelMetadata
+    out: Path
+    seed: int
+    load: LoadProcess
+    targets: dict[str, Target] = field(default_factory=dict)
+    commands: dict[str, str] = field(default_factory=dict)  # server name -> the command that started it
+
+    @property
+    def alphabet(self) -> str:
+        chars = set(self.meta.tokenizer.chars)
+        return "".join(ch for ch in TYPED if ch in chars) or self.meta.tokenizer.chars[0]
+
+    @property
+    def prefix(self) -> str:
+        chars = set(self.meta.tokenizer.chars)
+        text = "".join(ch for ch in PREFIX if ch in chars) or self.alphabet
+        return (text * (1 + self.plan.prefix_chars // len(text)))[: self.plan.prefix_chars]
+
+    def limit_now(self, batch: int) -> dict[str, float]:
+        """The raw ONNX Runtime step at `batch`, measured now, right next to the load point it is compared with
+        (the machine's load drifts over a run; scenario 1's table is taken minutes earlier)."""
+        from service.bench.limit import cpu_limit
+
+        result = cpu_limit(self.model, (batch,), self.plan.limit_budget_s / 2, prompt_chars=0)
+        return dict(result["batches"][0])
+
+    def has(self, name: str) -> bool:
+        return name in self.targets
+
+    def job(self, kind: str, target: str, concurrency: int = 1, **extra: Any) -> dict[str, Any]:
+        t = self.targets[target]
+        p = self.plan
+        return {"kind": kind, "host": t.host, "port": t.port, "concurrency": concurrency, "seed": self.seed,
+                "warmup_s": p.warmup_s, "duration_s": p.duration_s, "max_requests": p.max_requests,
+                "alphabet": self.alphabet, "prefix": self.prefix, "max_tokens": p.stream_tokens, **extra}
+
+    def point(self, kind: str, target: str, concurrency: int = 1, **extra: Any) -> dict[str, Any]:
+        """Run one load job against `target`; the result carries the server's CPU use over the job (in cores)
+        and, from the product's own /metrics, what its batches looked like inside."""
+        t = self.targets[target]
+        proc = psutil.Process(t.pid) if t.pid is not None else None
+        cpu0 = sum(proc.cpu_times()[:2]) if proc is not None else 0.0
+        before = scrape(t)
+        t0 = time.perf_counter()
+        result = self.load.run(self.job(kind, target, concurrency, **extra))
+        if proc is not None:
+            result["server_cpu_cores"] = (sum(proc.cpu_times()[:2]) - cpu0) / (time.perf_counter() - t0)
+        after = scrape(t)
+        if before and after:
+            result["inside"] = inside(before, after)
+        result["server"] = target
+        return result
+
+
+METRICS = ("inference_latency_seconds", "batch_size", "queue_wait_seconds")
+
+
+def scrape(t: Target) -> dict[str, float]:
+    """Sums and counts of the product's batching histograms (empty for servers without lstm-serve metrics)."""
+    try:
+        text = httpx.get(f"http://{t.host}:{t.port}/metrics", timeout=10.0).text
+    except httpx.HTTPError:
+        return {}
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("lstm_serve_") and name.endswith(("_sum", "_count")) and "{" not in name:
+            values[name.removeprefix("lstm_serve_")] = float(value)
+    return values
+
+
+def inside(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Per-point means from metric deltas: ORT time per run, items per batch, queue wait."""
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    runs, batches, waits = (delta(f"{m}_count") for m in METRICS)
+    out: dict[str, float] = {"batches": batches, "ort_runs": runs}
+    if runs:
+        out["ort_ms_per_run"] = delta("inference_latency_seconds_sum") / runs * 1000
+    if batches:
+        out["mean_batch"] = delta("batch_size_sum") / batches
+    if waits:
+        out["queue_wait_ms"] = delta("queue_wait_seconds_sum") / waits * 1000
+    return out
