@@ -9,13 +9,16 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api import errors, generate, health, inspect, model_info, openai, predict, sessions, stream, v2
+from service.api.access import AccessMiddleware, TimeoutMiddleware
 from service.api.middleware import BodyLimitMiddleware, RequestLogMiddleware
 from service.config import Settings
 from service.engine.engine import Engine
 from service.engine.generation import Generator
 from service.engine.inspection import Inspector
 from service.engine.sequences import Sequences
-from service.metrics import Metrics
+from service.metrics import Metrics, MetricsServer
+from service.security.keys import KeyRing
+from service.security.ratelimit import RateLimiter
 
 DESCRIPTION = """A character-level LSTM language model served with ONNX Runtime.
 
@@ -28,14 +31,20 @@ calls. Every error has the shape `{"error": {"code": "...", "message": "..."}}`.
 def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     """The app; its lifespan loads and warms the model, and drains the engine on shutdown."""
     engine = engine if engine is not None else Engine(settings, Metrics())
+    keys = KeyRing.from_settings(settings.api_key_list, settings.api_key_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics_server = None
+        if settings.metrics_port is not None:
+            metrics_server = MetricsServer(engine.metrics, settings.host, settings.metrics_port)
         await engine.start()
         try:
             yield
         finally:
             await engine.drain()
+            if metrics_server is not None:
+                metrics_server.close()
 
     app = FastAPI(title="lstm-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.engine = engine
@@ -46,7 +55,12 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     for module in (predict, sessions, generate, stream, inspect, openai, v2, model_info, health):
         app.include_router(module.router)
     errors.install(app)
-    # Added last = outermost: the request log sees every answer, the 413s of the body limit included.
+    # Added last = outermost: the request log sees every answer, the 401s, 413s and 504s included; keys are
+    # checked before the timeout starts and before a byte of the body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s, metrics=engine.metrics)
+    app.add_middleware(AccessMiddleware, keys=keys,
+                       limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+                       metrics=engine.metrics)
     app.add_middleware(RequestLogMiddleware, metrics=engine.metrics)
     return app

@@ -119,6 +119,17 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(create_app(settings), settings)
 
 
+def _hash_key(args: argparse.Namespace) -> int:
+    from service.security.keys import hash_key
+
+    key = sys.stdin.readline().strip() if args.key == "-" else args.key
+    if not key:
+        print("lstm-serve hash-key: empty key", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from service.bench.runner import bench
 
@@ -174,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--no-profile", action="store_true", help="do not profile the servers for missed targets")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("hash-key", help="print the api_key_file line of an API key (the key itself is not stored)")
+    p.add_argument("key", nargs="?", default="-", help="the key, or - (default) to read it from standard input")
+    p.set_defaults(func=_hash_key)
     return parser
 
 

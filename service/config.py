@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.paths import BUNDLED_MODEL
@@ -95,6 +95,36 @@ class Settings(BaseSettings):
         description="Most characters one gate inspection may feed (its answer holds 6 vectors of hidden_size "
         "floats per character and layer).")
 
+    # Access and limits
+    api_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="Comma-separated API keys; when set (or api_key_file is), every /v1 and /v2 route needs "
+        "`Authorization: Bearer <key>`. Empty and no key file: authentication is off.")
+    api_key_file: Path | None = Field(
+        default=None, description="File of hashed keys, one `sha256:<hex>` (optionally after a name) per line; "
+        "make a line with `lstm-serve hash-key`.")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Serve /metrics on this port only (not on the API port), so it is not exposed with the API.")
+    model_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-fA-F]{64}$",
+        description="Expected SHA-256 of the model file; a mismatch stops the start.")
+    rate_limit_per_s: float = Field(
+        default=100.0, ge=0, le=1_000_000,
+        description="Requests per second per API key (token bucket; 0 = off). Applies when keys are configured.")
+    rate_limit_burst: int = Field(
+        default=200, ge=1, le=1_000_000, description="Requests a key may make at once above its steady rate.")
+    max_sessions_per_key: int = Field(
+        default=1000, ge=0, le=10_000_000,
+        description="Most sessions one API key may hold (0 = only max_sessions). Applies when keys are configured.")
+    max_streams_per_key: int = Field(
+        default=64, ge=0, le=100_000,
+        description="Most generations one API key may run at once (0 = no limit). Applies when keys are configured.")
+    request_timeout_s: float = Field(
+        default=30.0, ge=0, le=3600,
+        description="Longest a request may take before its response starts (then 504 request_timeout, nothing "
+        "changed); streams are bounded by max_generate_tokens instead. 0 = no timeout.")
+
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="Log level.")
@@ -120,6 +150,22 @@ class Settings(BaseSettings):
             raise ValueError(f"directory of snapshot_path {v} does not exist")
         return v
 
+    @field_validator("api_key_file")
+    @classmethod
+    def _key_file_readable(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return v
+        from service.security.keys import InvalidKeyFile, read_key_file
+
+        if not v.is_file():
+            raise ValueError(f"api_key_file {v} does not exist")
+        try:
+            if not list(read_key_file(v)):
+                raise ValueError(f"api_key_file {v} holds no keys")
+        except InvalidKeyFile as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.session_ttl_s > self.max_session_ttl_s:
@@ -127,7 +173,13 @@ class Settings(BaseSettings):
                              f"({self.max_session_ttl_s})")
         if self.state_backend == "redis" and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"redis_url {self.redis_url!r} is not a redis://, rediss:// or unix:// URL")
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port {self.metrics_port} is the API port; choose another or leave it unset")
         return self
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
 
     @property
     def max_batch_delay_s(self) -> float:

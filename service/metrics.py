@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
 PREFIX = "lstm_serve_"
 # Sub-millisecond resolution: a single-token step of the bundled model takes well under a millisecond on CPU.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+REJECTION_REASONS = ("unauthorized", "rate_limited", "too_many_sessions", "too_many_streams", "payload_too_large",
+                     "text_too_long", "too_many_tokens", "request_timeout")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -56,6 +58,12 @@ class Metrics:
         self.streams_in_progress = Gauge(
             PREFIX + "streams_in_progress", "Generations running now (streamed or not, over HTTP or WebSocket).",
             registry=r)
+        self.rejections = Counter(
+            PREFIX + "rejections", "Requests refused by a limit or access check, by reason (unauthorized, "
+            "rate_limited, too_many_sessions, too_many_streams, payload_too_large, text_too_long, too_many_tokens, "
+            "request_timeout).", ["reason"], registry=r)
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(reason)
         for kind in ("prompt", "generated"):
             self.tokens.labels(kind)
         for reason in ("ttl", "capacity", "deleted"):
@@ -64,3 +72,16 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format of this app's registry."""
         return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """/metrics on a port of its own (metrics_port), so that it is not exposed with the API: prometheus-client's
+    own HTTP server, in a daemon thread, serving this app's registry."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self._server, self._thread = start_http_server(port, addr=host, registry=metrics.registry)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -27,14 +27,17 @@ from service.engine.errors import (
     InvalidToken,
     NotReady,
     PositionConflict,
+    RequestTimeout,
     SessionExpired,
     SessionNotFound,
     StateMismatch,
     StateStoreUnavailable,
     TooManySessions,
+    TooManyStreams,
     UnknownModel,
     VersionConflict,
 )
+from service.metrics import REJECTION_REASONS, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ STATUS: dict[type[EngineError], tuple[int, str]] = {
     PositionConflict: (409, "position_conflict"),
     VersionConflict: (409, "position_conflict"),
     TooManySessions: (429, "too_many_sessions"),
+    TooManyStreams: (429, "too_many_streams"),
+    RequestTimeout: (504, "request_timeout"),
     StateMismatch: (422, "state_mismatch"),
     NotReady: (503, "not_ready"),
     Draining: (503, "draining"),
@@ -56,20 +61,29 @@ STATUS: dict[type[EngineError], tuple[int, str]] = {
 
 DESCRIPTIONS: dict[int, str] = {
     400: "The body could not be read (e.g. not UTF-8).",
+    401: "`unauthorized`: API keys are configured and the request has no valid `Authorization: Bearer <key>`.",
     404: "`session_not_found`: no such session; `session_expired`: it existed but expired (TTL) or was evicted.",
     409: "`position_conflict`: the session is not at `expected_position`; nothing changed.",
     413: "`payload_too_large`: the body exceeds the server's max_request_bytes.",
     422: "`invalid_request`: malformed or out-of-range fields; `invalid_token`: a character or id outside the "
          "vocabulary (named, with its position); `text_too_long`; `state_mismatch` / `invalid_state`: a restored "
          "state that does not belong to the loaded model or is corrupt.",
-    429: "`too_many_sessions`: the store is full; retry after the Retry-After header's seconds.",
+    429: "`too_many_sessions`: the store (or this API key's share of it) is full; `too_many_streams`: this key runs "
+         "its maximum of concurrent generations; `rate_limited`: this key is over its request rate. Retry after "
+         "the Retry-After header's seconds.",
     503: "`not_ready` (model loading), `draining` (shutting down) or `state_store_unavailable`.",
+    504: "`request_timeout`: no answer within the server's request_timeout_s; the request changed nothing.",
 }
 
+# Error codes that are limits doing their job, counted in lstm_serve_rejections_total{reason}.
+REJECTIONS = frozenset(REJECTION_REASONS)
 
-def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` for a route: the error statuses it can return (503 always), all with the error shape."""
-    return {s: {"model": ErrorResponse, "description": DESCRIPTIONS[s]} for s in (*statuses, 503)}
+
+def responses(*statuses: int, guarded: bool = True) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for a route: the error statuses it can return, all with the error shape; 503 always,
+    and on the key-guarded /v1 routes 401, 429 (rate limit) and 504 (request timeout) too."""
+    always = (401, 429, 503, 504) if guarded else (503,)
+    return {s: {"model": ErrorResponse, "description": DESCRIPTIONS[s]} for s in sorted({*statuses, *always})}
 
 
 class ErrorJSONResponse(JSONResponse):
@@ -109,15 +123,33 @@ def engine_error_response(exc: EngineError) -> ErrorJSONResponse:
     elif isinstance(exc, TooManySessions):
         retry = max(1, math.ceil(exc.retry_after))
         headers["Retry-After"] = str(retry)
-        details = {"max_sessions": exc.max_sessions, "retry_after": retry}
+        details = {"max_sessions": exc.max_sessions, "retry_after": retry, "per_key": exc.per_key}
+    elif isinstance(exc, TooManyStreams):
+        headers["Retry-After"] = "1"
+        details = {"max_streams": exc.limit}
     elif isinstance(exc, NotReady | Draining | StateStoreUnavailable):
         headers["Retry-After"] = "1"
     return error_response(status, code, exc.message, details or None, headers or None)
 
 
-async def _engine_error(_: Request, exc: Exception) -> JSONResponse:
+def count_rejection(metrics: Metrics | None, code: str) -> None:
+    if metrics is not None and code in REJECTIONS:
+        metrics.rejections.labels(code).inc()
+
+
+def _metrics_of(request: Request) -> Metrics | None:
+    engine = getattr(request.app.state, "engine", None)
+    return getattr(engine, "metrics", None)
+
+
+def _counted(request: Request, response: ErrorJSONResponse) -> ErrorJSONResponse:
+    count_rejection(_metrics_of(request), json.loads(bytes(response.body))["error"]["code"])
+    return response
+
+
+async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, EngineError)
-    return engine_error_response(exc)
+    return _counted(request, engine_error_response(exc))
 
 
 def _where(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -144,11 +176,12 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTP_CODES.get(exc.status_code, "http_error")
     message = "no such route" if exc.status_code == 404 else str(exc.detail)
-    return error_response(exc.status_code, code, message, headers=dict(exc.headers) if exc.headers else None)
+    return _counted(request, error_response(exc.status_code, code, message,
+                                            headers=dict(exc.headers) if exc.headers else None))
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -156,9 +189,9 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "internal server error; it has been logged")
 
 
-def error_payload(exc: Exception) -> dict[str, Any]:
+def error_payload(exc: Exception, metrics: Metrics | None = None) -> dict[str, Any]:
     """The body of an error met inside a stream (an SSE event, a WebSocket frame), where no status can be sent:
-    the same shape and codes as the HTTP answers."""
+    the same shape and codes as the HTTP answers (and the same rejection counts, given the metrics)."""
     if isinstance(exc, EngineError):
         response = engine_error_response(exc)
     elif isinstance(exc, ValidationError | RequestValidationError):
@@ -167,6 +200,7 @@ def error_payload(exc: Exception) -> dict[str, Any]:
         log.error("unhandled error in a stream", exc_info=exc)
         response = error_response(500, "internal_error", "internal server error; it has been logged")
     payload: dict[str, Any] = json.loads(bytes(response.body))
+    count_rejection(metrics, payload["error"]["code"])
     return payload
 
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from service.api.access import CallerDep, SessionId
 from service.api.deps import GeneratorDep
 from service.api.errors import responses
 from service.api.schemas_generate import GenerateRequest, GenerateResponse, SessionGenerateRequest, TokenEventBody
-from service.api.sessions import SessionId
 from service.api.sse import SSE_RESPONSES, event_stream
 from service.engine.generation import Finished, Generator, Plan, Token
 
@@ -40,19 +40,20 @@ async def _answer(generator: Generator, plan: Plan, stream: bool, request: Reque
 @router.post("/v1/sessions/{id}/generate", response_model=GenerateResponse,
              responses={**SSE_RESPONSES, **responses(400, 404, 409, 413, 422)})
 async def session_generate(session_id: SessionId, body: SessionGenerateRequest, generator: GeneratorDep,
-                           request: Request) -> Response | GenerateResponse:
+                           request: Request, caller: CallerDep) -> Response | GenerateResponse:
     """Generate from the session's state (feeding `text` or `tokens` first if given). The generated tokens advance
     the session: it remembers what it wrote, and its position grows by one per token. A streaming client that
     disconnects stops the generation at once, and the session keeps exactly the tokens that were sent. With
     `expected_position` it runs only if the session is there (409 if not)."""
     plan = await generator.prepare(body.params(generator), session_id=session_id, text=body.text, tokens=body.tokens,
-                                   expected_position=body.expected_position)
+                                   expected_position=body.expected_position, owner=caller)
     return await _answer(generator, plan, body.stream, request)
 
 
 @router.post("/v1/generate", response_model=GenerateResponse,
              responses={**SSE_RESPONSES, **responses(400, 413, 422)})
-async def generate(body: GenerateRequest, generator: GeneratorDep, request: Request) -> Response | GenerateResponse:
+async def generate(body: GenerateRequest, generator: GeneratorDep, request: Request,
+                   caller: CallerDep) -> Response | GenerateResponse:
     """Stateless generation: feed the prompt from a zero state and generate; nothing is stored."""
-    plan = await generator.prepare(body.params(generator), text=body.text, tokens=body.tokens)
+    plan = await generator.prepare(body.params(generator), text=body.text, tokens=body.tokens, owner=caller)
     return await _answer(generator, plan, body.stream, request)

@@ -18,7 +18,7 @@ async def healthz() -> Status:
     return Status(status="ok")
 
 
-@router.get("/readyz", response_model=Status, responses=responses())
+@router.get("/readyz", response_model=Status, responses=responses(guarded=False))
 async def readyz(engine: EngineDep) -> Status | ErrorJSONResponse:
     """Readiness: 200 once the model is loaded and warm; 503 before that, while draining (from SIGTERM on), and
     while the state store (Redis) cannot be reached."""
@@ -35,5 +35,7 @@ async def readyz(engine: EngineDep) -> Status | ErrorJSONResponse:
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}})
 async def metrics(engine: EngineDep) -> Response:
-    """Prometheus metrics (all prefixed lstm_serve_)."""
+    """Prometheus metrics (all prefixed lstm_serve_); 404 here when metrics_port serves them on a port of their own."""
+    if engine.settings.metrics_port is not None:
+        return error_response(404, "not_found", f"metrics are served on port {engine.settings.metrics_port}")
     return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -14,11 +14,11 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Response
 
+from service.api.access import SessionId
 from service.api.deps import InspectorDep
 from service.api.errors import responses
 from service.api.schemas import TokenProbability
 from service.api.schemas_generate import InspectRequest, InspectResponse
-from service.api.sessions import SessionId
 from service.engine.inspection import Inspection
 
 router = APIRouter(tags=["inspection"])

@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from service.api.access import CallerDep, check_owner
 from service.api.deps import EngineDep, GeneratorDep
 from service.api.errors import responses
 from service.api.schemas_openai import Completion, CompletionChoice, CompletionRequest, ModelCard, ModelList, Usage
@@ -91,7 +92,7 @@ async def models(engine: EngineDep) -> ModelList:
 @router.post("/v1/completions", response_model=Completion,
              responses={**SSE_RESPONSES, **responses(400, 404, 409, 413, 422)})
 async def completions(body: CompletionRequest, engine: EngineDep, generator: GeneratorDep,
-                      request: Request) -> Response | Completion:
+                      request: Request, caller: CallerDep) -> Response | Completion:
     """Complete the prompt, in the shape of OpenAI's completions API (streamed with `"stream": true`). With
     `session_id`, the prompt and the completion are fed to that session, which remembers them."""
     meta = engine.metadata
@@ -101,7 +102,9 @@ async def completions(body: CompletionRequest, engine: EngineDep, generator: Gen
         max_tokens=body.max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
         top_k=body.top_k, top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stops())
     text, tokens = body.prompt_input()
-    plan = await generator.prepare(params, session_id=body.session_id, text=text, tokens=tokens)
+    if body.session_id is not None:
+        check_owner(request, body.session_id)
+    plan = await generator.prepare(params, session_id=body.session_id, text=text, tokens=tokens, owner=caller)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     chunks = CompletionChunks(model=meta.name, fingerprint=meta.fingerprint, stops=body.stops(),
                               include_usage=include_usage)

@@ -98,7 +98,8 @@ class SessionState(Strict):
 
     model_fingerprint: str = Field(description="Fingerprint of the weights the state belongs to (GET /v1/model).",
                                    examples=["sha256:3f1c..."])
-    position: int = Field(ge=0, description="Tokens the session had consumed.", examples=[17])
+    position: int = Field(ge=0, description="Tokens the session had consumed (a restored one: at most 2**50).",
+                          examples=[17])
     shape: list[int] = Field(min_length=2, max_length=2,
                              description="Shape of h and of c each: [layers, hidden].", examples=[[2, 512]])
     dtype: str = Field(description="Element type; always float32.", examples=["float32"])

@@ -3,10 +3,9 @@ piece. Create, predict, inspect, delete, reset, fork, export and restore."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Request, Response
 
-from fastapi import APIRouter, Path, Request, Response
-
+from service.api.access import CallerDep, SessionId
 from service.api.deps import EngineDep
 from service.api.errors import responses
 from service.api.schemas import (
@@ -24,7 +23,7 @@ from service.api.schemas import (
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
-SessionId = Annotated[str, Path(alias="id", max_length=256, description="The session id returned at creation.")]
+__all__ = ["SessionId", "router"]
 
 
 def _log_session(request: Request, session_id: str) -> None:
@@ -34,14 +33,14 @@ def _log_session(request: Request, session_id: str) -> None:
 
 @router.post("", status_code=201, response_model=SessionCreated, response_model_exclude_none=True,
              responses=responses(400, 413, 422, 429))
-async def create_session(engine: EngineDep, request: Request,
+async def create_session(engine: EngineDep, request: Request, caller: CallerDep,
                          body: CreateSessionRequest | None = None) -> SessionCreated:
     """Create a session at position 0 (or from an exported `state`); if `text` or `tokens` are given, feed them
     and return the next-token distribution too. The body may be omitted."""
     body = body if body is not None else CreateSessionRequest()
     record, nxt = await engine.create_session(
         text=body.text, tokens=body.tokens, top_k=body.top_k, ttl_s=body.ttl_seconds,
-        state=None if body.state is None else body.state.portable())
+        state=None if body.state is None else body.state.portable(), owner=caller)
     _log_session(request, record.session_id)
     return SessionCreated.of(record, nxt)
 

@@ -25,12 +25,12 @@ from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from service.api.access import SessionPath, caller_of, check_owner
 from service.api.deps import GeneratorDep
 from service.api.errors import error_payload
 from service.api.generate import NativeEvents
 from service.api.schemas import SessionPredictRequest, TokenProbability
 from service.api.schemas_generate import GenerateFrame
-from service.api.sessions import SessionId
 from service.engine.engine import Engine
 from service.engine.errors import EngineError, InvalidInput
 from service.engine.generation import Generator, Token
@@ -49,13 +49,14 @@ class _Flooded(Exception):
 
 
 @router.websocket("/v1/sessions/{id}/stream")
-async def session_stream(websocket: WebSocket, session_id: SessionId, generator: GeneratorDep) -> None:
+async def session_stream(websocket: WebSocket, session_id: SessionPath, generator: GeneratorDep) -> None:
     engine: Engine = websocket.app.state.engine
     await websocket.accept()
     try:
+        check_owner(websocket, session_id)  # another key's session is "not found", as on every route
         await engine.get_session(session_id)
     except EngineError as exc:
-        await websocket.send_json(error_payload(exc))
+        await websocket.send_json(error_payload(exc, engine.metrics))
         await websocket.close(CLOSE_GONE, "no such session")
         return
     frames: asyncio.Queue[str | bytes] = asyncio.Queue(MAX_QUEUED_FRAMES)
@@ -109,11 +110,11 @@ async def _serve(websocket: WebSocket, frames: asyncio.Queue[str | bytes], engin
                                    code="payload_too_large")
             await _handle(websocket, _json_object(frame), engine, generator, session_id)
         except (EngineError, ValidationError) as exc:
-            await websocket.send_json(error_payload(exc))
+            await websocket.send_json(error_payload(exc, engine.metrics))
         except Exception as exc:
             if _disconnected(exc):
                 raise
-            await websocket.send_json(error_payload(exc))  # logged there; the socket stays usable
+            await websocket.send_json(error_payload(exc, engine.metrics))  # logged there; the socket stays usable
 
 
 def _json_object(frame: str | bytes) -> dict[str, Any]:
@@ -131,7 +132,8 @@ async def _handle(websocket: WebSocket, data: dict[str, Any], engine: Engine, ge
     if "generate" in data:
         fields = GenerateFrame.model_validate(data).generate
         plan = await generator.prepare(fields.params(generator), session_id=session_id, text=fields.text,
-                                       tokens=fields.tokens, expected_position=fields.expected_position)
+                                       tokens=fields.tokens, expected_position=fields.expected_position,
+                                       owner=caller_of(websocket))
         render = NativeEvents()
         # aclosing: a send that fails (the client is gone) closes the generation at that unsent token.
         async with aclosing(generator.stream(plan)) as events:

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Path, Request, Response
 
 from model.onnx_meta import ModelMetadata
 from service import __version__
+from service.api.access import caller_of
 from service.api.deps import EngineDep, SequencesDep
 from service.api.errors import ErrorJSONResponse, v2_error, v2_error_response
 from service.api.schemas import ErrorResponse
@@ -193,8 +194,10 @@ async def _infer(request: Request, engine: Engine, sequences: Sequences, name: s
         elif rows.shape[0] != 1:
             raise V2ProtocolError(f"a sequence request carries one row of {INPUT!r}, got {rows.shape[0]}")
         else:
-            key = sequence_key(meta.name, sequence.id)
-            logits = (await sequences.infer(key, sequence.id, rows[0], start=sequence.start, end=sequence.end))[None]
+            caller = caller_of(request)  # two keys' sequence 1 are two sequences
+            key = sequence_key(meta.name, sequence.id, caller)
+            logits = (await sequences.infer(key, sequence.id, rows[0], start=sequence.start, end=sequence.end,
+                                            owner=caller))[None]
         outputs = [(OUTPUT, "FP32", logits)] if OUTPUT in names else []
         body, header_length = encode_infer_response(meta.name, meta.version, parsed.id, outputs, binary)
     except (EngineError, V2ProtocolError) as exc:

@@ -42,6 +42,10 @@ DTYPES: dict[str, np.dtype[Any]] = {
 _INT_TYPES = {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
 _FLOAT_TYPES = {"FP16", "FP32", "FP64"}
 _LENGTH = struct.Struct("<I")
+# NumPy 1.x's most dimensions (2.x allows 64); no tensor of this protocol needs more.
+MAX_DIMS = 32
+# The most bytes NumPy lets an array span; even an empty tensor's other dimensions must multiply to fit in it.
+_MAX_ARRAY_BYTES = 2**63 - 1
 
 
 class V2ProtocolError(ValueError):
@@ -85,7 +89,8 @@ def parse_header_length(value: str | None) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit():  # also refuses signs, which int() would accept
+    # ASCII digits only: isdigit() alone accepts superscripts such as the latin-1 "\xb2", which int() refuses.
+    if not (text.isascii() and text.isdigit()):  # also refuses signs, which int() would accept
         raise V2ProtocolError(f"{HEADER_LENGTH_HEADER} must be a non-negative integer, got {value!r}")
     return int(text)
 
@@ -206,7 +211,7 @@ def _load_json_object(raw: bytes) -> dict[str, Any]:
         value = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise V2ProtocolError(f"the JSON header is not valid UTF-8: {e}") from None
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, and an integer beyond Python's 4300-digit limit for reading one
         raise V2ProtocolError(f"the JSON header is not valid JSON: {e}") from None
     except RecursionError:
         raise V2ProtocolError("the JSON header is nested too deeply") from None
@@ -240,9 +245,9 @@ def _parse_input(
         raise V2ProtocolError(f"inputs[{position}] needs a non-empty string 'name'")
     where = f"input {name!r}"
     datatype = raw.get("datatype")
-    if datatype not in DTYPES:
+    if not isinstance(datatype, str) or datatype not in DTYPES:  # a list or an object is not even hashable
         raise V2ProtocolError(f"{where}: unsupported datatype {datatype!r}; supported: {', '.join(DTYPES)}")
-    shape = _parse_shape(raw.get("shape"), where)
+    shape = _parse_shape(raw.get("shape"), DTYPES[datatype].itemsize, where)
     count = math.prod(shape)
     parameters = _parameters(raw, where)
     if "shared_memory_region" in parameters:
@@ -270,9 +275,15 @@ def _parse_input(
     return InferInput(name, datatype, shape, array.reshape(shape), parameters), offset + size
 
 
-def _parse_shape(raw: object, where: str) -> tuple[int, ...]:
+def _parse_shape(raw: object, itemsize: int, where: str) -> tuple[int, ...]:
+    """The declared shape, refused unless NumPy can make an array of it (few enough dimensions, none too large),
+    so that reshaping the data to it cannot fail later."""
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
         raise V2ProtocolError(f"{where}: shape must be a list of non-negative integers, got {raw!r}")
+    if len(raw) > MAX_DIMS:
+        raise V2ProtocolError(f"{where}: shape has {len(raw)} dimensions; at most {MAX_DIMS} are supported")
+    if math.prod(d for d in raw if d) * itemsize > _MAX_ARRAY_BYTES:
+        raise V2ProtocolError(f"{where}: shape {raw} has more elements than any tensor can hold")
     return tuple(raw)
 
 
@@ -302,7 +313,10 @@ def _from_json_data(data: object, datatype: str, count: int, where: str) -> np.n
         if not all(isinstance(v, str) for v in flat):
             raise V2ProtocolError(f"{where}: BYTES data in JSON must be strings")
         out = np.empty(count, dtype=object)
-        out[:] = [v.encode("utf-8") for v in cast(list[str], flat)]
+        try:
+            out[:] = [v.encode("utf-8") for v in cast(list[str], flat)]
+        except UnicodeEncodeError as e:  # JSON's \ud800 escapes can spell lone surrogates, which are not text
+            raise V2ProtocolError(f"{where}: a BYTES string is not valid Unicode: {e}") from None
         return out
     if datatype == "BOOL":
         if not all(isinstance(v, bool) for v in flat):

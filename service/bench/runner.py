@@ -183,11 +183,24 @@ def bench(args: argparse.Namespace) -> int:
                 server.stop()
     results["meta"]["machine"]["cores_available_at_end"] = cpu_available(probe_s)
     results["meta"]["duration_s"] = time.time() - started
+    results = portable(results)
     write_report(results, out)
     missed = [t["name"] for t in results["targets"] if t["met"] is False]
     print(f"bench: wrote {out}/results.json, {out}/README.md and plots in {results['meta']['duration_s']:.0f} s; "
           f"targets missed: {', '.join(missed) or 'none'}")
     return 0
+
+
+def portable(value: Any) -> Any:
+    """The results with this checkout's own location taken out of every string (model paths, server commands),
+    so that a committed report names paths relative to the repository and holds nothing of the machine."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str):
+        return value.replace(str(servers.ROOT) + "/", "")
+    return value
 
 
 def _model_info(path: Path, meta: ModelMetadata) -> dict[str, Any]:

@@ -21,15 +21,15 @@ from model.onnx_meta import ModelMetadata
 from model.tokenizer import InvalidTokenIdError, UnknownCharacterError
 from service.config import Settings
 from service.engine.batcher import Batcher, Step, StepResult
-from service.engine.errors import Draining, EngineError, InvalidInput, InvalidToken, NotReady
+from service.engine.errors import Draining, EngineError, InvalidInput, InvalidToken, NotReady, TooManySessions
 from service.engine.locks import SessionLocks
-from service.engine.runtime import OnnxRuntime
+from service.engine.runtime import OnnxRuntime, verify_sha256
 from service.engine.state_io import PortableState, export_state, import_state
 from service.engine.topk import TokenProb, top_k
 from service.metrics import Metrics
 from service.state.memory import MemoryStateStore
 from service.state.snapshot import Snapshotter
-from service.state.store import SessionRecord, StateStore
+from service.state.store import SessionRecord, StateStore, owner_of
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,8 @@ class Engine:
     async def start(self) -> None:
         """Load the model (off the event loop), make the store, start the batcher and sweeper, warm up."""
         s = self.settings
+        if s.model_sha256 is not None:
+            await asyncio.to_thread(verify_sha256, s.model_path, s.model_sha256)
         runtime = await asyncio.to_thread(
             OnnxRuntime, s.model_path, s.provider, intra_op_threads=s.intra_op_threads,
             inter_op_threads=s.inter_op_threads, graph_optimization=s.graph_optimization,
@@ -226,6 +228,13 @@ class Engine:
         self.metrics.sessions_evicted.labels(reason).inc(count)
         self.metrics.active_sessions.dec(count)
 
+    async def check_owner_quota(self, owner: str) -> None:
+        """TooManySessions when an API key already holds max_sessions_per_key sessions (keys only: without keys
+        every caller is one principal, bounded by max_sessions)."""
+        limit = self.settings.max_sessions_per_key
+        if owner and limit and await self.store.count_owned(owner) >= limit:
+            raise TooManySessions(limit, retry_after=1.0, per_key=True)
+
     def _on_created(self) -> None:
         self.metrics.sessions_created.inc()
         self.metrics.active_sessions.inc()
@@ -302,8 +311,10 @@ class Engine:
         top_k: int = 5,
         ttl_s: float | None = None,
         state: PortableState | None = None,
+        owner: str = "",
     ) -> tuple[SessionRecord, list[TokenProb] | None]:
-        """A new session (zeros, or a restored state), primed with the input if given (then its next too)."""
+        """A new session (zeros, or a restored state), primed with the input if given (then its next too).
+        `owner` (an API key's principal) is written into the id; only that key reaches the session."""
         self.check_accepting_new()
         ids = self.encode(text, tokens)
         ttl = self._ttl(ttl_s)
@@ -312,7 +323,8 @@ class Engine:
         if state is not None:
             h, c = import_state(state, self.metadata.fingerprint, self.store.state_shape)
             position = state.position
-        record = await self.store.create(ttl_s=ttl, h=h, c=c, position=position)
+        await self.check_owner_quota(owner)
+        record = await self.store.create(ttl_s=ttl, h=h, c=c, position=position, owner=owner)
         self._on_created()
         if ids is None:
             return record, None
@@ -363,6 +375,7 @@ class Engine:
         """A new session with a copy of this one's state and position; the source is unchanged."""
         self.check_accepting_new()
         ttl = None if ttl_s is None else self._ttl(ttl_s)
+        await self.check_owner_quota(owner_of(session_id))
         async with self._locks.hold(session_id):
             record = await self.store.fork(session_id, ttl)
         self._on_created()

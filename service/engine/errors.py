@@ -76,13 +76,32 @@ class VersionConflict(EngineError):
 class TooManySessions(EngineError):
     """The store is full and no session is idle long enough to be evicted."""
 
-    def __init__(self, max_sessions: int, retry_after: float) -> None:
+    def __init__(self, max_sessions: int, retry_after: float, per_key: bool = False) -> None:
+        holder = "this API key holds its" if per_key else "the server holds its"
         super().__init__(
-            f"the server holds its maximum of {max_sessions} active sessions; retry in {retry_after:.0f} s "
+            f"{holder} maximum of {max_sessions} active sessions; retry in {retry_after:.0f} s "
             "or delete sessions you no longer need"
         )
         self.max_sessions = max_sessions
         self.retry_after = retry_after
+        self.per_key = per_key
+
+
+class TooManyStreams(EngineError):
+    """An API key already runs its maximum number of concurrent generations."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this API key already runs its maximum of {limit} concurrent generations; wait for one "
+                         "to finish")
+        self.limit = limit
+
+
+class RequestTimeout(EngineError):
+    """A request did not get its answer within request_timeout_s; it was abandoned and changed nothing."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"the request took longer than the server's request_timeout_s of {timeout_s:g} s and was "
+                         "abandoned; nothing changed")
 
 
 class StateMismatch(EngineError):

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from service.engine.batcher import SampleNext, Step, StepResult
-from service.engine.errors import EngineError, InvalidInput, PositionConflict
+from service.engine.errors import EngineError, InvalidInput, PositionConflict, TooManyStreams
 from service.engine.head import Head
 from service.engine.sampling import InvalidSamplingParams, SamplingBatch, StopMatcher, sample, validate_params
 
@@ -93,6 +94,7 @@ class Plan:
     session_id: str | None  # None: stateless, from a zero state
     started: float  # time.perf_counter() when the request came: time to first token counts from here
     expected_position: int | None = None  # sessions: refuse (PositionConflict) unless the session is there
+    owner: str = ""  # the API key's principal ("" without keys): its concurrent generations are limited
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,7 @@ class Generator:
         self._engine = engine
         self._head: Head | None = None
         self._head_lock = asyncio.Lock()
+        self._streams: Counter[str] = Counter()  # owner -> generations running now
 
     def params(
         self,
@@ -129,7 +132,7 @@ class Generator:
         tokens = min(DEFAULT_MAX_TOKENS, limit) if max_tokens is None else max_tokens
         if not 1 <= tokens <= limit:
             raise InvalidInput(f"max_tokens must be between 1 and the server's max_generate_tokens {limit}, "
-                               f"got {tokens}")
+                               f"got {tokens}", code="too_many_tokens" if tokens > limit else "invalid_request")
         try:
             validate_params(temperature, top_k, top_p, self._engine.metadata.config.vocab_size, seed)
             StopMatcher(stop)
@@ -147,11 +150,16 @@ class Generator:
         text: str | None = None,
         tokens: Sequence[int] | None = None,
         expected_position: int | None = None,
+        owner: str = "",
     ) -> Plan:
-        """Check everything that can be checked before streaming: serving, the prompt, the session's existence."""
+        """Check everything that can be checked before streaming: serving, the prompt, the session's existence,
+        the key's concurrent generations."""
         started = time.perf_counter()
         engine = self._engine
         engine.check_accepting_new()  # new streams are refused once shutdown has begun
+        limit = engine.settings.max_streams_per_key
+        if owner and limit and self._streams[owner] >= limit:
+            raise TooManyStreams(limit)
         prompt = engine.encode(text, tokens)
         if session_id is not None:
             # SessionNotFound, SessionExpired, PositionConflict answered with their status, not mid-stream.
@@ -161,7 +169,7 @@ class Generator:
         elif expected_position is not None:
             raise InvalidInput("expected_position applies to sessions only")
         return Plan(params=params, prompt=prompt, session_id=session_id, started=started,
-                    expected_position=expected_position)
+                    expected_position=expected_position, owner=owner)
 
     async def run(self, plan: Plan) -> Finished:
         """The whole generation at once."""
@@ -176,6 +184,7 @@ class Generator:
         metrics = self._engine.metrics
         chars = self._engine.metadata.tokenizer.chars
         metrics.streams_in_progress.inc()
+        self._streams[plan.owner] += 1
         try:
             async with self._hold(plan):
                 cursor = await self._start(plan)
@@ -203,6 +212,9 @@ class Generator:
                                position=cursor.position, prompt_tokens=prompt_tokens, stop=matcher.matched)
         finally:
             metrics.streams_in_progress.dec()
+            self._streams[plan.owner] -= 1
+            if not self._streams[plan.owner]:
+                del self._streams[plan.owner]
 
     # ---- steps -------------------------------------------------------------------------------------------
     def _hold(self, plan: Plan) -> AbstractAsyncContextManager[None]:

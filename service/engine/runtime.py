@@ -7,6 +7,8 @@ spinning (idle threads would burn the cores the event loop needs), full graph op
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import threading
 from pathlib import Path
@@ -35,6 +37,18 @@ _OPT_LEVELS = {
 
 class ModelLoadError(RuntimeError):
     """The model file cannot be served: unreadable, not the expected graph, or the provider is unavailable."""
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    """Refuse a model file whose SHA-256 is not `expected` (hex): corrupt, truncated or swapped."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    actual = digest.hexdigest()
+    if not hmac.compare_digest(actual, expected.lower()):
+        raise ModelLoadError(f"model file {path} has SHA-256 {actual}, not the expected {expected.lower()} "
+                             "(model_sha256): it is corrupt or not the model this server was configured for")
 
 
 def session_options(

@@ -66,26 +66,51 @@ class SamplingBatch:
         return int(self.temperature.shape[0])
 
 
+def _show(value: object) -> str:
+    """A short repr for an error message: a client's value may be an integer of thousands of digits, which
+    Python refuses to print (ValueError), or a long string."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "an integer too large to print"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _real(value: object, name: str) -> float:
+    """The value as the float64 the sampling arrays will hold; refused if it is not a real number or if it does
+    not fit (an integer or fraction beyond float64 raises OverflowError in float())."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidSamplingParams(f"{name} must be a number, got {_show(value)}")
+    try:
+        return float(value)
+    except (OverflowError, ValueError):
+        raise InvalidSamplingParams(f"{name} must be a finite number, got {_show(value)}") from None
+
+
 def validate_params(
     temperature: float, top_k: int, top_p: float, vocab_size: int, seed: int | None = None
 ) -> None:
-    """Raise InvalidSamplingParams unless the values are usable for a model with `vocab_size` tokens."""
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise InvalidSamplingParams(f"temperature must be a number, got {temperature!r}")
-    if not math.isfinite(temperature) or temperature < 0:
-        raise InvalidSamplingParams(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    """Raise InvalidSamplingParams unless the values are usable for a model with `vocab_size` tokens.
+
+    Temperature and top_p are judged as the float64 that `SamplingBatch` stores, so that a value accepted here
+    is exactly the value sampled with (a positive top_p that rounds to 0 would cut every token).
+    """
+    t = _real(temperature, "temperature")
+    if not math.isfinite(t) or t < 0:
+        raise InvalidSamplingParams(
+            f"temperature must be a finite number >= 0 (0 = greedy), got {_show(temperature)}")
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
-        raise InvalidSamplingParams(f"top_k must be an integer, got {top_k!r}")
+        raise InvalidSamplingParams(f"top_k must be an integer, got {_show(top_k)}")
     if not 0 <= top_k <= vocab_size:
-        raise InvalidSamplingParams(f"top_k must be between 0 (off) and the vocabulary size {vocab_size}, got {top_k}")
-    if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real):
-        raise InvalidSamplingParams(f"top_p must be a number, got {top_p!r}")
-    if not (0 < top_p <= 1):  # also rejects NaN, which compares false
-        raise InvalidSamplingParams(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
+        raise InvalidSamplingParams(
+            f"top_k must be between 0 (off) and the vocabulary size {vocab_size}, got {_show(top_k)}")
+    p = _real(top_p, "top_p")
+    if not (0 < p <= 1):  # also rejects NaN, which compares false
+        raise InvalidSamplingParams(f"top_p must be in (0, 1] (1 = off), got {_show(top_p)}")
     if seed is not None and (
         isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED
     ):
-        raise InvalidSamplingParams(f"seed must be an integer in [0, 2**64 - 1], got {seed!r}")
+        raise InvalidSamplingParams(f"seed must be an integer in [0, 2**64 - 1], got {_show(seed)}")
 
 
 def _splitmix64_finalize(z: np.ndarray) -> np.ndarray:

@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 MAX_ROWS = 4096  # rows of one stateless request; each is a work item of the batcher
 
 
-def sequence_key(model: str, sequence_id: int | str) -> str:
-    """The one place a sequence's key is built. JSON keeps the integer 5 and the string "5" apart, as Triton does."""
-    return f"v2:{model}:{json.dumps(sequence_id)}"
+def sequence_key(model: str, sequence_id: int | str, owner: str = "") -> str:
+    """The one place a sequence's key is built. JSON keeps the integer 5 and the string "5" apart, as Triton does;
+    the owner (an API key's principal) keeps two keys' sequence 1 apart."""
+    return f"v2:{owner}:{model}:{json.dumps(sequence_id)}"
 
 
 class Sequences:
@@ -42,7 +43,8 @@ class Sequences:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    async def infer(self, key: str, sequence_id: int | str, ids: np.ndarray, *, start: bool, end: bool) -> np.ndarray:
+    async def infer(self, key: str, sequence_id: int | str, ids: np.ndarray, *, start: bool, end: bool,
+                    owner: str = "") -> np.ndarray:
         """Feed ids (T,) to the sequence's session; -> the logits after the last one, (V,) float32."""
         engine = self._engine
         engine.check_serving()
@@ -53,7 +55,7 @@ class Sequences:
             if start:
                 if session_id is not None:
                     await self._free(key, session_id)
-                record, _ = await engine.create_session()
+                record, _ = await engine.create_session(owner=owner)
                 session_id = record.session_id
                 self._remember(key, session_id)
             elif session_id is None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -34,7 +34,14 @@ from service.engine.errors import (
     TooManySessions,
     VersionConflict,
 )
-from service.state.store import EvictionReason, LoadedStates, SessionRecord, StateStore, new_session_id
+from service.state.store import (
+    EvictionReason,
+    LoadedStates,
+    SessionRecord,
+    StateStore,
+    new_session_id,
+    owner_of,
+)
 
 
 class MemoryStateStore(StateStore):
@@ -70,6 +77,7 @@ class MemoryStateStore(StateStore):
         self._n_free = n
         self._gone: OrderedDict[str, EvictionReason] = OrderedDict()  # recently expired/evicted id -> reason
         self._next_version = 1
+        self._owned: Counter[str] = Counter()  # owner -> live sessions, for per-key limits
 
     # ---- bookkeeping -------------------------------------------------------------------------------------
     @property
@@ -123,6 +131,7 @@ class MemoryStateStore(StateStore):
         sid = self._id_of[slot]
         assert sid is not None
         del self._slot_of[sid]
+        self._owned[owner_of(sid)] -= 1
         self._id_of[slot] = None
         self._last_used[slot] = np.inf
         self._expires[slot] = np.inf
@@ -155,11 +164,12 @@ class MemoryStateStore(StateStore):
         self._n_free -= 1
         return int(self._free[self._n_free])
 
-    def _occupy(self, slot: int, now: float, ttl_s: float, position: int) -> SessionRecord:
-        sid = new_session_id()
+    def _occupy(self, slot: int, now: float, ttl_s: float, position: int, owner: str) -> SessionRecord:
+        sid = new_session_id(owner)
         while sid in self._slot_of or sid in self._gone:  # 128 random bits: never in practice
-            sid = new_session_id()
+            sid = new_session_id(owner)
         self._slot_of[sid] = slot
+        self._owned[owner] += 1
         self._id_of[slot] = sid
         self._position[slot] = position
         self._version[slot] = self._bump()
@@ -189,6 +199,7 @@ class MemoryStateStore(StateStore):
         h: np.ndarray | None = None,
         c: np.ndarray | None = None,
         position: int = 0,
+        owner: str = "",
     ) -> SessionRecord:
         h = None if h is None else self._check_state(h, "h")
         c = None if c is None else self._check_state(c, "c")
@@ -197,7 +208,7 @@ class MemoryStateStore(StateStore):
         # A reused slot still holds its last owner's state: overwrite it whole.
         self._h[slot] = 0.0 if h is None else h
         self._c[slot] = 0.0 if c is None else c
-        return self._occupy(slot, now, ttl_s, position)
+        return self._occupy(slot, now, ttl_s, position, owner)
 
     async def load_many(self, session_ids: Sequence[str]) -> LoadedStates:
         now = self._clock()
@@ -287,10 +298,13 @@ class MemoryStateStore(StateStore):
         self._c[dst] = self._c[src]
         # Forking reads the source, it does not change it: its version and last use stay as they are.
         ttl = float(self._ttl[src]) if ttl_s is None else ttl_s
-        return self._occupy(dst, now, ttl, int(self._position[src]))
+        return self._occupy(dst, now, ttl, int(self._position[src]), owner_of(session_id))
 
     async def count(self) -> int:
         return len(self._slot_of)
+
+    async def count_owned(self, owner: str) -> int:
+        return self._owned[owner]
 
     async def sweep_expired(self) -> int:
         return self._sweep(self._clock())

@@ -63,7 +63,7 @@ from service.engine.errors import (
     TooManySessions,
     VersionConflict,
 )
-from service.state.store import LoadedStates, SessionRecord, StateStore, new_session_id
+from service.state.store import LoadedStates, SessionRecord, StateStore, new_session_id, owner_of
 
 log = logging.getLogger(__name__)
 
@@ -497,13 +497,14 @@ class RedisStateStore(StateStore):
         h: np.ndarray | None = None,
         c: np.ndarray | None = None,
         position: int = 0,
+        owner: str = "",
     ) -> SessionRecord:
         zeros = np.zeros(self.state_shape, dtype=np.float32)
         h = zeros if h is None else self._check_state(h, "h")
         c = zeros if c is None else self._check_state(c, "c")
         state = self._state_of(h, c)
         for _ in range(3):  # an id already taken: never in practice (128 random bits)
-            sid = new_session_id()
+            sid = new_session_id(owner)
             now = self._clock()
             header = self._pack_header(1, position, now, ttl_s)
             status, payload = await self._script(
@@ -586,7 +587,7 @@ class RedisStateStore(StateStore):
 
     async def fork(self, session_id: str, ttl_s: float | None = None) -> SessionRecord:
         for _ in range(3):
-            sid = new_session_id()
+            sid = new_session_id(owner_of(session_id))
             status, payload = await self._script(
                 self._fork, [str(self.max_sessions), _num(self.evict_idle_after_s), session_id, sid,
                              "" if ttl_s is None else _num(ttl_s)])
@@ -600,6 +601,18 @@ class RedisStateStore(StateStore):
 
     async def count(self) -> int:
         return int(await self._call(self._redis.zcard(f"{self.prefix}:exp")))
+
+    async def count_owned(self, owner: str) -> int:
+        # ZSCAN over the live index, one call per 1000 ids: O(sessions), made only for keyed creations under a
+        # per-key limit. Replicas creating for one key at the same instant can each pass the check.
+        key, cursor, found = f"{self.prefix}:exp", 0, 0
+        match = f"{owner}.*" if owner else None
+        while True:
+            cursor, members = await self._call(self._redis.zscan(key, cursor, match=match, count=1000))
+            ids = (m.decode() if isinstance(m, bytes) else str(m) for m, _ in members)
+            found += sum(owner_of(sid) == owner for sid in ids)
+            if cursor == 0:
+                return found
 
     async def sweep_expired(self) -> int:
         removed = 0

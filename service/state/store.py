@@ -24,9 +24,23 @@ EvictionListener = Callable[[EvictionReason, int], None]
 EVICTION_REASONS: tuple[EvictionReason, ...] = ("ttl", "capacity", "deleted")
 
 
-def new_session_id() -> str:
-    """A session id with 128 random bits, URL-safe (22 characters): unguessable, so it doubles as a capability."""
-    return secrets.token_urlsafe(16)
+OWNER_SEPARATOR = "."  # not in the base64url alphabet of the random part
+
+
+def new_session_id(owner: str = "") -> str:
+    """A session id with 128 random bits, URL-safe (22 characters): unguessable, so it doubles as a capability.
+
+    A session created by an API key carries that key's principal in front (`<principal>.<random>`), so that who
+    owns a session is part of its id: any other key is answered session_not_found without a lookup.
+    """
+    token = secrets.token_urlsafe(16)
+    return f"{owner}{OWNER_SEPARATOR}{token}" if owner else token
+
+
+def owner_of(session_id: str) -> str:
+    """The principal a session id belongs to ("" for sessions made without API keys)."""
+    owner, sep, _ = session_id.rpartition(OWNER_SEPARATOR)
+    return owner if sep else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +104,10 @@ class StateStore(ABC):
         h: np.ndarray | None = None,
         c: np.ndarray | None = None,
         position: int = 0,
+        owner: str = "",
     ) -> SessionRecord:
-        """A new session with state zeros, or h and c each (layers, hidden). Raises TooManySessions when full."""
+        """A new session with state zeros, or h and c each (layers, hidden), its id tagged with `owner`.
+        Raises TooManySessions when full."""
 
     @abstractmethod
     async def load_many(self, session_ids: Sequence[str]) -> LoadedStates:
@@ -130,11 +146,16 @@ class StateStore(ABC):
 
     @abstractmethod
     async def fork(self, session_id: str, ttl_s: float | None = None) -> SessionRecord:
-        """A new session with a copy of this one's state and position (its TTL unless `ttl_s` is given)."""
+        """A new session with a copy of this one's state and position (its TTL unless `ttl_s` is given); the copy
+        has the source's owner."""
 
     @abstractmethod
     async def count(self) -> int:
         """Sessions currently held (expired ones not yet swept may be included)."""
+
+    @abstractmethod
+    async def count_owned(self, owner: str) -> int:
+        """Sessions currently held whose ids carry `owner` (for per-key limits)."""
 
     @abstractmethod
     async def sweep_expired(self) -> int:

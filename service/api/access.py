@@ -1,0 +1,156 @@
+"""Who is calling, and what they may reach: API keys, per-key rate limits, session ownership, the request timeout.
+
+`AccessMiddleware` guards every /v1 and /v2 route (HTTP and WebSocket): no or a wrong `Authorization: Bearer`
+key is answered 401 before routing, a key over its rate 429 `rate_limited` with Retry-After. The caller's
+principal goes into the connection's state, where routes read it with `CallerDep`. Sessions carry their owner's
+principal in their id (service/state/store.py), so `SessionId` answers another key's session 404
+`session_not_found`, exactly like an id that never existed. /healthz, /readyz, /metrics and /docs stay open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+from fastapi import Depends, Path
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import ErrorJSONResponse, engine_error_response, error_response, v2_error
+from service.engine.errors import RequestTimeout, SessionNotFound
+from service.metrics import Metrics
+from service.security.keys import ANONYMOUS, KeyRing, bearer_token
+from service.security.ratelimit import RateLimiter, retry_after_header
+from service.state.store import owner_of
+
+log = logging.getLogger(__name__)
+
+GUARDED_PREFIXES = ("/v1/", "/v2/", "/v1", "/v2")
+CLOSE_POLICY = 1008  # WebSocket close code for a refused handshake when the server cannot send a 401
+
+
+def guarded(path: str) -> bool:
+    return path.startswith(GUARDED_PREFIXES[:2]) or path in GUARDED_PREFIXES[2:]
+
+
+class AccessMiddleware:
+    """API-key authentication and per-key rate limiting in front of the routes (pure ASGI: streams untouched)."""
+
+    def __init__(self, app: ASGIApp, keys: KeyRing, limiter: RateLimiter, metrics: Metrics) -> None:
+        self.app = app
+        self.keys = keys
+        self.limiter = limiter
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or not guarded(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+        principal = self.keys.authenticate(bearer_token(authorization))
+        if principal is None:
+            self.metrics.rejections.labels("unauthorized").inc()
+            # The presented key is never logged, only that one was refused.
+            await self._refuse(scope, receive, send, self._error(
+                scope, 401, "unauthorized", "a valid API key is required: send `Authorization: Bearer <key>`",
+                {"WWW-Authenticate": 'Bearer realm="lstm-serve"'}))
+            return
+        if principal != ANONYMOUS:
+            wait = self.limiter.acquire(principal)
+            if wait > 0:
+                self.metrics.rejections.labels("rate_limited").inc()
+                retry = retry_after_header(wait)
+                await self._refuse(scope, receive, send, self._error(
+                    scope, 429, "rate_limited", f"this API key is over its rate of {self.limiter.rate:g} requests "
+                    f"per second; retry in {retry} s", {"Retry-After": retry}))
+                return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _error(scope: Scope, status: int, code: str, message: str, headers: dict[str, str]) -> ErrorJSONResponse:
+        # /v2 speaks the Open Inference Protocol's error shape, which tritonclient reads; /v1 the service's.
+        if scope["path"].startswith("/v2"):
+            response = v2_error(status, message)
+            response.headers.update(headers)
+            return response
+        return error_response(status, code, message, headers=headers)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, response: ErrorJSONResponse) -> None:
+        if scope["type"] == "http":
+            await response(scope, receive, send)
+        elif "websocket.http.response" in scope.get("extensions", {}):
+            # The handshake is answered with the same HTTP error a plain request gets.
+            await send({"type": "websocket.http.response.start", "status": response.status_code,
+                        "headers": response.raw_headers})
+            await send({"type": "websocket.http.response.body", "body": bytes(response.body)})
+        else:
+            await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": "a valid API key is required"})
+
+
+class TimeoutMiddleware:
+    """504 `request_timeout` for an HTTP request whose response has not started within `timeout_s`.
+
+    The request is cancelled, which the engine treats as a client that went away: its queued work is skipped and
+    a batch already running writes nothing for it, so a timed-out request changes nothing. Once a response has
+    started (a stream), the timeout is lifted: streams are bounded by max_generate_tokens.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float, metrics: Metrics) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.timeout_s or not guarded(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        started = False
+        deadline = asyncio.timeout(self.timeout_s)
+
+        async def send_started(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                deadline.reschedule(None)
+            await send(message)
+
+        try:
+            async with deadline:
+                await self.app(scope, receive, send_started)
+        except TimeoutError:
+            if not deadline.expired() or started:
+                raise  # a TimeoutError of the app's own, or one after the answer began: not ours to answer
+            self.metrics.rejections.labels("request_timeout").inc()
+            await engine_error_response(RequestTimeout(self.timeout_s))(scope, receive, send)
+
+
+# ---- what routes read ------------------------------------------------------------------------------------------
+def caller_of(connection: HTTPConnection) -> str:
+    """The caller's principal as sessions record it: "" without API keys."""
+    principal = getattr(connection.state, "principal", ANONYMOUS)
+    return "" if principal == ANONYMOUS else str(principal)
+
+
+def check_owner(connection: HTTPConnection, session_id: str) -> None:
+    """SessionNotFound unless the caller owns the session: another key's session does not exist for it."""
+    if owner_of(session_id) != caller_of(connection):
+        raise SessionNotFound(session_id)
+
+
+async def get_caller(connection: HTTPConnection) -> str:
+    return caller_of(connection)
+
+
+SessionPath = Annotated[str, Path(alias="id", max_length=256, description="The session id returned at creation.")]
+
+
+async def owned_session_id(connection: HTTPConnection, session_id: SessionPath) -> str:
+    check_owner(connection, session_id)
+    return session_id
+
+
+CallerDep = Annotated[str, Depends(get_caller)]
+SessionId = Annotated[str, Depends(owned_session_id)]
