@@ -48,7 +48,7 @@ async def test_async_client_errors_carry_the_code(lstm: AsyncClient) -> None:
     session = await lstm.create_session()
     with pytest.raises(LstmServeError) as too_many:
         await session.generate(max_tokens=10**5)
-    assert (too_many.value.status, too_many.value.code) == (422, "invalid_request")
+    assert (too_many.value.status, too_many.value.code) == (422, "too_many_tokens")
     with pytest.raises(LstmServeError) as gone:
         async for _ in lstm.session("nope").stream(max_tokens=3):
             pass

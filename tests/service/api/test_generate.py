@@ -85,7 +85,7 @@ async def test_expected_position(client: AppClient) -> None:
 @pytest.mark.parametrize(("path", "body", "status", "code"), [
     ("/v1/sessions/nope/generate", {"stream": True}, 404, "session_not_found"),
     ("/v1/generate", {"max_tokens": 5}, 422, "invalid_request"),  # no prompt
-    ("/v1/generate", {"text": "a", "max_tokens": 1001}, 422, "invalid_request"),  # above max_generate_tokens
+    ("/v1/generate", {"text": "a", "max_tokens": 1001}, 422, "too_many_tokens"),  # above max_generate_tokens
     ("/v1/generate", {"text": "a", "temperature": -1}, 422, "invalid_request"),
     ("/v1/generate", {"text": "a", "top_k": 77}, 422, "invalid_request"),  # above the vocabulary
     ("/v1/generate", {"text": "a", "stop": [""]}, 422, "invalid_request"),

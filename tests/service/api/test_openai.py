@@ -101,7 +101,7 @@ async def test_session_continuation(client: AppClient) -> None:
     ({"prompt": "a", "logprobs": 5}, 422, "invalid_request"),
     ({"prompt": ["a", "b"]}, 422, "invalid_request"),
     ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, 422, "invalid_request"),
-    ({"prompt": "a", "max_tokens": 5000}, 422, "invalid_request"),
+    ({"prompt": "a", "max_tokens": 5000}, 422, "too_many_tokens"),
     ({"prompt": "a", "session_id": "nope"}, 404, "session_not_found"),
     ({"prompt": "é"}, 422, "invalid_token"),
 ])

@@ -54,7 +54,7 @@ def test_feed_and_generate_frames_in_order(http: TestClient) -> None:
     ("[1, 2]", "invalid_request"),
     ('{"text": "a", "bogus": 1}', "invalid_request"),
     ('{"text": "é"}', "invalid_token"),
-    ('{"generate": {"max_tokens": 100000}}', "invalid_request"),
+    ('{"generate": {"max_tokens": 100000}}', "too_many_tokens"),
     ('{"generate": {"stream": true}}', "invalid_request"),
     ('{"text": "a", "expected_position": 0}', "position_conflict"),
 ])
