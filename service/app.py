@@ -46,7 +46,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             if metrics_server is not None:
                 metrics_server.close()
 
-    app = FastAPI(title="lstm-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    otel = settings.opentelemetry
+    app = FastAPI(title="lstm-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  telemetry={"tracing": otel, "metrics": otel, "logs": otel})
     app.state.engine = engine
     app.state.settings = settings
     app.state.generator = Generator(engine)

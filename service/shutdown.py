@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 from collections.abc import Callable
 from types import FrameType
 
@@ -45,6 +46,7 @@ def _clean_exit(signum: int, frame: FrameType | None) -> None:
 
 def serve(app: FastAPI, settings: Settings) -> int:
     """Run the app until SIGTERM/SIGINT; the process's exit status (0 after a graceful shutdown)."""
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, loop="auto", http="auto", log_config=None, access_log=False,
         lifespan="on", timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s))

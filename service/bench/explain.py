@@ -70,6 +70,10 @@ def why(target: dict[str, Any], results: dict[str, Any], compare_at: int) -> str
         extra = a["latency_ms"]["p50"] - b["latency_ms"]["p50"]
         step = a.get("limit_adjacent") or _limit(results, c)
         raw = f"; the raw step at batch {c} alone is {step['step_ms']:.2f} ms" if step else ""
+        noop_p50 = b["latency_ms"]["p50"]
+        if step and step["step_ms"] >= target["bound"] * noop_p50:
+            raw += (f", already {step['step_ms'] / noop_p50:.1f}x the no-op's whole p50: no server that runs the "
+                    f"model once per request can meet {target['bound']:g}x here, since the model step alone exceeds it")
         return (f"The product's p50 is {extra:.2f} ms above the no-op route's{raw}. The remainder is the engine's "
                 f"own per-request work (session lock, batch queue and worker-thread hop, top-k, response model, "
                 f"request log line); {_cpu(a)}.{_inside(a, step['step_ms']) if step else ''}")

@@ -24,7 +24,10 @@ PAIRS = (
     ("event loop and HTTP parser", "asyncio + h11", "uvloop + httptools (the product's)", "h11", "main",
      ("predict",)),
     ("per-request log line", "log level INFO (default)", "log level WARNING", "main", "quiet", ("predict",)),
-    ("GIL switch interval", "5 ms (CPython's default)", "0.5 ms", "main", "switch", ("predict", "stream")),
+    ("GIL switch interval", "5 ms (CPython's default)", "0.5 ms (the product's)", "switch", "main",
+     ("predict", "stream")),
+    ("FastAPI's native telemetry check", "on (FastAPI's default)", "off (the product's)", "otel", "main",
+     ("predict",)),
     ("load client", "httpx.AsyncClient", "lean asyncio client (the bench's)", "noop", "noop", ("predict",)),
 )
 

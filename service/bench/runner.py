@@ -40,7 +40,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
 # The servers each scenario drives (the product server "main" may instead be given by --url).
 NEEDS: dict[str, set[str]] = {
     "predict": {"main", "off", "noop", "torch"}, "resend": {"main"}, "stream": {"main", "off"},
-    "steps": {"main"}, "optimisations": {"main", "h11", "quiet", "switch", "noop"}, "gpu": {"gpu"},
+    "steps": {"main"}, "optimisations": {"main", "h11", "quiet", "switch", "otel", "noop"}, "gpu": {"gpu"},
 }
 DEFAULT_OUT = Path("docs/benchmarks")
 SHORT_OUT = Path("build/bench-short")
@@ -56,7 +56,8 @@ def server_specs(model: Path, plan: plans.Plan) -> dict[str, servers.ServerSpec]
         "torch": servers.ServerSpec("torch", "service.bench.baselines", ["--model", str(model)]),
         "h11": servers.ServerSpec("h11", "service.bench.serve", ["--loop", "asyncio", "--http", "h11", *main]),
         "quiet": servers.ServerSpec("quiet", "service", [*main, "--log-level", "WARNING"]),
-        "switch": servers.ServerSpec("switch", "service.bench.serve", ["--switch-interval-ms", "0.5", *main]),
+        "switch": servers.ServerSpec("switch", "service", [*main, "--gil-switch-interval-ms", "5"]),
+        "otel": servers.ServerSpec("otel", "service", [*main, "--opentelemetry"]),
     }
     gpu = servers.product(model, max_batch_size=max(plan.concurrencies), max_sessions=sessions, provider="cuda")
     specs["gpu"] = servers.ServerSpec("gpu", "service", gpu)
