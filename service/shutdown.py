@@ -8,7 +8,8 @@ The sequence:
    the running requests and streams, at most `shutdown_grace_s` seconds; it cancels what is left after that.
 3. The lifespan shutdown drains the engine: queued batch items run, the batcher stops, the in-memory store writes
    its final snapshot (when LSTM_SERVE_SNAPSHOT_PATH is set), the Redis connection pool closes.
-4. The process exits 0. (uvicorn re-raises the signal it handled once it is done; a SIGTERM handler installed
+4. The process exits 0 (1 if the final snapshot could not be written: the sessions since the last good one are
+   lost, and a supervisor should know). (uvicorn re-raises the signal it handled once it is done; a SIGTERM handler installed
    here swallows it, so the exit status says "clean shutdown" rather than "killed by SIGTERM".)
 """
 
@@ -26,6 +27,7 @@ from fastapi import FastAPI
 from service.config import Settings
 
 STARTUP_FAILURE = 3  # uvicorn's exit status when the lifespan startup fails
+UNCLEAN_SHUTDOWN = 1  # the drain finished but could not keep everything: the final snapshot failed
 
 
 class GracefulServer(uvicorn.Server):
@@ -56,4 +58,6 @@ def serve(app: FastAPI, settings: Settings) -> int:
         server.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 0 if server.started else STARTUP_FAILURE
+    if not server.started:
+        return STARTUP_FAILURE
+    return 0 if app.state.engine.shutdown_clean else UNCLEAN_SHUTDOWN

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,16 @@ import pytest
 
 from tests.factories import export_tiny_model
 from tests.redis_server import RedisServer
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `slow` (the long soak) run only with LSTM_SERVE_SLOW=1; their short forms always run."""
+    if os.environ.get("LSTM_SERVE_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="a long test: run it with LSTM_SERVE_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,7 @@ class Engine:
         self._draining = False
         self._stopping = False  # SIGTERM received: no new sessions or streams, readiness false
         self._snapshots: Snapshotter | None = None
+        self.shutdown_clean = True  # False when the drain could not keep everything (the final snapshot failed)
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     @property
@@ -218,7 +219,8 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         if self._snapshots is not None:
-            await self._snapshots.stop()  # after the last batch: the final snapshot misses no write
+            # After the last batch: the final snapshot misses no write. If it fails, the exit status says so.
+            self.shutdown_clean = await self._snapshots.stop()
         if self._store is not None:
             await self._store.close()
         log.info("drained")

@@ -229,7 +229,9 @@ class Snapshotter:
         self.writes = 0
 
     async def restore(self) -> RestoreResult | None:
-        """Load the snapshot if there is one; an unusable one is logged, moved aside, and the store left empty."""
+        """Load the snapshot if there is one; an unusable one is logged, moved aside, and the store left empty.
+        Temporary files of writes that a crash interrupted are removed first (each is snapshot-sized)."""
+        self._remove_stale_temporaries()
         if not self.path.exists():
             log.info("no session snapshot yet; starting empty", extra={"path": str(self.path)})
             return None
@@ -251,6 +253,17 @@ class Snapshotter:
             log.warning("the snapshot held more sessions than max_sessions; the %d least recently used were dropped",
                         result.dropped)
         return result
+
+    def _remove_stale_temporaries(self) -> None:
+        # write_snapshot's temporaries are `.<name>.<pid>.<hex>.tmp`; at start none of them is being written
+        # (a snapshot file belongs to one server process), so any left is from a process that died mid-write.
+        stale = list(self.path.parent.glob(f".{self.path.name}.*.tmp"))
+        for tmp in stale:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if stale:
+            log.warning("removed %d temporary snapshot file(s) left by an interrupted write", len(stale),
+                        extra={"path": str(self.path)})
 
     def start(self) -> None:
         if self.interval_s > 0 and self._task is None:
@@ -280,8 +293,9 @@ class Snapshotter:
                 "path": str(self.path), "sessions": len(snap), "ms": round((time.perf_counter() - t0) * 1000, 1)})
             return True
 
-    async def stop(self) -> None:
-        """Stop the periodic writes and write the final snapshot (call after the last batch ran)."""
+    async def stop(self) -> bool:
+        """Stop the periodic writes and write the final snapshot (call after the last batch ran); False when that
+        write failed (a full disk, say): the sessions since the last good snapshot are then lost."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -291,3 +305,5 @@ class Snapshotter:
             await self.write()
         except Exception:
             log.exception("writing the final session snapshot failed", extra={"path": str(self.path)})
+            return False
+        return True

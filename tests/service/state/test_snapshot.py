@@ -201,3 +201,32 @@ async def test_the_app_restores_its_sessions_after_a_restart(app_factory: AppFac
         continuous = (await client.post(f"/v1/sessions/{sid2}/predict", json={"text": "not to"})).json()
     assert after_restart["position"] == continuous["position"] == 16
     assert after_restart["next"] == continuous["next"]
+
+
+async def test_temporaries_of_an_interrupted_write_are_removed_at_start(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    store, records = await filled()
+    path = tmp_path / "sessions.snapshot"
+    await Snapshotter(store, path, 0, FP).write()
+    stale = tmp_path / f".{path.name}.4242.0badf00d.tmp"  # what a process killed mid-write leaves
+    stale.write_bytes(b"half a snapshot")
+    other = tmp_path / ".unrelated.tmp"
+    other.write_bytes(b"not ours")
+    fresh = MemoryStateStore(L, H, 10)
+    with caplog.at_level(logging.WARNING):
+        await Snapshotter(fresh, path, 0, FP).restore()
+    assert not stale.exists() and other.exists()
+    assert "removed 1 temporary snapshot file" in caplog.text
+    assert await fresh.count() == len(records)  # the snapshot itself was restored
+
+
+async def test_stop_reports_a_failed_final_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, _ = await filled()
+    snapshotter = Snapshotter(store, tmp_path / "sessions.snapshot", 0, FP)
+    assert await snapshotter.stop() is True
+
+    def disk_full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(snapshot_module, "write_snapshot", disk_full)
+    assert await snapshotter.stop() is False
