@@ -8,9 +8,9 @@ The sequence:
    the running requests and streams, at most `shutdown_grace_s` seconds; it cancels what is left after that.
 3. The lifespan shutdown drains the engine: queued batch items run, the batcher stops, the in-memory store writes
    its final snapshot (when LSTM_SERVE_SNAPSHOT_PATH is set), the Redis connection pool closes.
-4. The process exits 0 (1 if the final snapshot could not be written: the sessions since the last good one are
-   lost, and a supervisor should know). (uvicorn re-raises the signal it handled once it is done; a SIGTERM handler installed
-   here swallows it, so the exit status says "clean shutdown" rather than "killed by SIGTERM".)
+4. The process exits 0, or 1 if the final snapshot could not be written (the sessions changed since the last good
+   one are lost, and a supervisor should know). uvicorn re-raises the signal it handled once it is done; a SIGTERM
+   handler installed here swallows it, so the exit status says "clean shutdown" rather than "killed by SIGTERM".
 """
 
 from __future__ import annotations

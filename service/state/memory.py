@@ -165,13 +165,20 @@ class MemoryStateStore(StateStore):
         return int(self._free[self._n_free])
 
     def _occupy(self, slot: int, now: float, ttl_s: float, position: int, owner: str) -> SessionRecord:
+        # The numeric fields first: a position the int64 array cannot hold fails here, before the id is recorded,
+        # so a failed create leaves no half-made session (the slot goes back to the free stack).
+        try:
+            self._position[slot] = position
+        except OverflowError:
+            self._free[self._n_free] = slot
+            self._n_free += 1
+            raise StateMismatch(f"position {position} is out of range") from None
         sid = new_session_id(owner)
         while sid in self._slot_of or sid in self._gone:  # 128 random bits: never in practice
             sid = new_session_id(owner)
         self._slot_of[sid] = slot
         self._owned[owner] += 1
         self._id_of[slot] = sid
-        self._position[slot] = position
         self._version[slot] = self._bump()
         self._created[slot] = now
         self._last_used[slot] = now

@@ -240,3 +240,13 @@ def test_memory_per_session_is_close_to_the_raw_state() -> None:
     # Every byte of every slot was written, so the arrays are resident; allow 15% for dict, ids and pages.
     assert raw <= per_session < raw * 1.15, per_session
     assert array_bytes < raw * 1.02
+
+
+async def test_a_position_out_of_range_leaves_no_half_made_session() -> None:
+    store = MemoryStateStore(L, H, 2)
+    with pytest.raises(StateMismatch, match="out of range"):
+        await store.create(ttl_s=10, position=2**63)
+    assert await store.count() == 0
+    await store.create(ttl_s=10)
+    await store.create(ttl_s=10)  # both slots are still there
+    assert await store.count() == 2
