@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.security import HTTPBearer
 
 from service import __version__
 from service.api import errors, generate, health, inspect, model_info, openai, predict, sessions, stream, v2
@@ -54,8 +55,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.generator = Generator(engine)
     app.state.inspector = Inspector(engine)
     app.state.sequences = Sequences(engine)
-    for module in (predict, sessions, generate, stream, inspect, openai, v2, model_info, health):
-        app.include_router(module.router)
+    # With keys, the guarded routers declare the Bearer scheme, so /docs shows it and offers "Authorize". The
+    # check itself is AccessMiddleware's (it also covers the WebSocket); the declaration answers nothing.
+    guard = [Depends(HTTPBearer(auto_error=False, description="An API key (LSTM_SERVE_API_KEYS)."))] \
+        if keys.enabled else []
+    for module in (predict, sessions, generate, stream, inspect, openai, v2, model_info):
+        app.include_router(module.router, dependencies=guard)
+    app.include_router(health.router)
     errors.install(app)
     # Added last = outermost: the request log sees every answer, the 401s, 413s and 504s included; keys are
     # checked before the timeout starts and before a byte of the body is read.

@@ -191,3 +191,12 @@ def test_metrics_on_their_own_port(metrics_port_app: tuple[TestClient, int]) -> 
     assert http.get("/metrics").status_code == 404
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     assert 'lstm_serve_requests_total{method="POST",route="/v1/predict",status="200"} 1.0' in text
+
+
+async def test_openapi_declares_the_bearer_scheme_when_keys_are_on(app_factory: AppFactory) -> None:
+    async with app_factory(**KEYS) as client:
+        doc = (await client.get("/openapi.json")).json()
+    assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert doc["paths"]["/v1/sessions/{id}/predict"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in doc["paths"]["/healthz"]["get"]
+    assert "401" in doc["paths"]["/v1/predict"]["post"]["responses"]
