@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import platform
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from model.checkpoint import save_checkpoint
 from model.config import ModelConfig
 from model.lstm import CharLSTM
+from model.machine import cpu_model
 from model.tokenizer import CharTokenizer
 
 
@@ -52,16 +52,6 @@ def streams(ids: np.ndarray, batch: int) -> torch.Tensor:
         raise ValueError(f"text of {len(ids)} characters is too short for {batch} streams")
     return torch.from_numpy(ids[: n * batch].reshape(batch, n).copy())
 
-
-def cpu_model() -> str:
-    """The CPU's model name (for the model card), or the architecture where /proc/cpuinfo is absent."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def seed_everything(seed: int) -> None:

@@ -8,24 +8,16 @@ import platform
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
 import psutil
 
+from model.machine import cpu_model
+
 PACKAGES = ("onnxruntime", "onnxruntime-gpu", "numpy", "fastapi", "starlette", "pydantic", "uvicorn", "uvloop",
             "httptools", "orjson", "torch")
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _version(name: str) -> str | None:

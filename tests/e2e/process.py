@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,6 @@ class ServerProcess:
 
     def logs(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log_text().splitlines() if line.startswith("{")]
+
+
+Launch = Callable[..., ServerProcess]  # the e2e conftest's `launch` fixture: launch(name, [server_class], **env)

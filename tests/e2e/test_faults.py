@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,32 +39,18 @@ from model.onnx_meta import ModelMetadata
 from service.client import Client
 from service.state.memory import MemoryStateStore
 from service.state.snapshot import Snapshot, capture, read_snapshot, write_snapshot
-from tests.e2e.process import ROOT, ServerProcess
+from tests.e2e.process import ROOT, Launch, ServerProcess
 from tests.e2e.test_replicas import no_unhandled_errors, replay, state_of
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
-Launch = Callable[..., ServerProcess]
 TEXT = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate:"
 MAX_STEPS = 20_000  # per client: every loop below is bounded, the faults end them long before
 LONG_TEXT = TEXT * (MAX_STEPS // len(TEXT) + 2)  # what a client that stepped through TEXT again and again sent
 WAIT_S = 60.0  # generous: a loaded 2-core CI machine
 
 
-@pytest.fixture
-def launch(tiny_model_path: Path, tmp_path: Path) -> Iterator[Launch]:
-    """Start servers on the tiny model; every one is SIGKILLed at the end, whatever the test did."""
-    started: list[ServerProcess] = []
-
-    def start(name: str, server_class: type[ServerProcess] = ServerProcess, **env: str) -> ServerProcess:
-        server = server_class(tiny_model_path, tmp_path, name, env=env).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def wait_for(condition: Callable[[], bool], what: str, within: float = WAIT_S) -> None:

@@ -9,36 +9,21 @@ import base64
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.process import ServerProcess
+from tests.e2e.process import Launch, ServerProcess
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
-Launch = Callable[..., ServerProcess]
 TEXT = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate:"
 
 
-@pytest.fixture
-def launch(tiny_model_path: Path, tmp_path: Path) -> Iterator[Launch]:
-    started: list[ServerProcess] = []
-
-    def start(name: str, **env: str) -> ServerProcess:
-        server = ServerProcess(tiny_model_path, tmp_path, name, env=env).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 @pytest.fixture

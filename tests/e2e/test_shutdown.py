@@ -8,7 +8,6 @@ import json
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,7 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
-from tests.e2e.process import ServerProcess
-
-Launch = Callable[..., ServerProcess]
-
-
-@pytest.fixture
-def launch(tiny_model_path: Path, tmp_path: Path) -> Iterator[Launch]:
-    started: list[ServerProcess] = []
-
-    def start(name: str, **env: str) -> ServerProcess:
-        server = ServerProcess(tiny_model_path, tmp_path, name, env=env).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+from tests.e2e.process import Launch
 
 
 class SlowRequest:
