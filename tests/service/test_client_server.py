@@ -77,3 +77,20 @@ async def test_stream_error_midway_raises_after_the_tokens(lstm: AsyncClient, cl
         async for event in session.stream(max_tokens=10):
             got.append(event)
     assert len(got) == 2 and info.value.code == "draining"
+
+
+async def test_the_client_sends_its_api_key_and_sees_only_its_sessions(app_factory: Any) -> None:
+    async with app_factory(api_keys="key-one-0123456789,key-two-0123456789") as client:
+        transport = client._transport
+        assert isinstance(transport, httpx.ASGITransport)
+        one = AsyncClient("http://testserver", api_key="key-one-0123456789", transport=transport)
+        two = AsyncClient("http://testserver", api_key="key-two-0123456789", transport=transport)
+        nobody = AsyncClient("http://testserver", transport=transport)
+        async with one, two, nobody, one.create_session(text="ROMEO:\n") as mine:
+            assert (await mine.predict("a")).position == 8
+            with pytest.raises(LstmServeError) as theirs:
+                await two.session(mine.id).info()
+            assert (theirs.value.status, theirs.value.code) == (404, "session_not_found")
+            with pytest.raises(LstmServeError) as anonymous:
+                await nobody.predict("a")
+            assert (anonymous.value.status, anonymous.value.code) == (401, "unauthorized")
