@@ -200,3 +200,17 @@ async def test_openapi_declares_the_bearer_scheme_when_keys_are_on(app_factory: 
     assert doc["paths"]["/v1/sessions/{id}/predict"]["post"]["security"] == [{"HTTPBearer": []}]
     assert "security" not in doc["paths"]["/healthz"]["get"]
     assert "401" in doc["paths"]["/v1/predict"]["post"]["responses"]
+
+
+async def test_the_openai_client_sends_its_api_key(app_factory: AppFactory) -> None:
+    openai = pytest.importorskip("openai")
+    async with app_factory(**KEYS) as client:
+        transport = client._transport
+        name = client.engine.metadata.name
+        async with httpx.AsyncClient(transport=transport) as http:
+            good = openai.AsyncOpenAI(base_url="http://testserver/v1", api_key=ALICE, http_client=http, max_retries=0)
+            done = await good.completions.create(model=name, prompt="ROMEO:\n", max_tokens=4, seed=1)
+            assert len(done.choices[0].text) <= 4 and done.usage.completion_tokens == 4
+            bad = openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="nope", http_client=http, max_retries=0)
+            with pytest.raises(openai.AuthenticationError):
+                await bad.completions.create(model=name, prompt="ROMEO:\n", max_tokens=4)
