@@ -127,9 +127,10 @@ class Settings(BaseSettings):
         default=64, ge=0, le=100_000,
         description="Most generations one API key may run at once (0 = no limit). Applies when keys are configured.")
     request_timeout_s: float = Field(
-        default=30.0, ge=0, le=3600,
+        default=60.0, ge=0, le=3600,
         description="Longest a request may take before its response starts (then 504 request_timeout, nothing "
-        "changed); streams are bounded by max_generate_tokens instead. 0 = no timeout.")
+        "changed); streams are bounded by max_generate_tokens instead, so long generations should stream. "
+        "0 = no timeout.")
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
