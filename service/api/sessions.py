@@ -23,8 +23,6 @@ from service.api.schemas import (
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
-__all__ = ["SessionId", "router"]
-
 
 def _log_session(request: Request, session_id: str) -> None:
     # The request log line names the session even when its id is not in the path (creation, fork).
