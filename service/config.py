@@ -42,8 +42,8 @@ class Settings(BaseSettings):
     gil_switch_interval_ms: float = Field(
         default=0.5, gt=0, le=100,
         description="CPython's GIL switch interval for the server process (CPython's default is 5 ms): how long the "
-        "ONNX Runtime worker thread can wait for the GIL after a run while the event loop holds it. The benchmark "
-        "measured 1.25x tokens/s for one stream at 0.5 ms and no change at 64 (docs/benchmarks).")
+        "ONNX Runtime worker thread can wait for the GIL after a run while the event loop holds it. Against 5 ms the "
+        "benchmark measured 1.14-1.25x tokens/s for one stream, 0.99-1.14x for 64 (docs/benchmarks).")
 
     # HTTP
     host: str = Field(default="127.0.0.1", description="Address to listen on (0.0.0.0 in a container).")
