@@ -10,6 +10,8 @@ Layout (P = `<prefix>:<first 16 hex digits of the model fingerprint>`, so two mo
   `session_not_found`. Deleting a session deletes its marker too (the client is told "not found", as in memory).
 - `P:exp` and `P:lru`: sorted sets of live ids by expiry and by last use. `count` is ZCARD; `create` sweeps the
   expired and evicts the least-recently-used idle session there when full; `sweep_expired` removes the due ones.
+- `P:own:<principal>`: the set of an API key's live session ids (ids `<principal>.<random>`), kept with the index
+  by the same scripts, for the per-key session limit (`count_owned` is SCARD).
 
 One round trip per engine batch each way: `load_many` is ONE MGET (states and markers), `save_many` ONE EVALSHA of
 a Lua script that compare-and-sets every row on its version and returns per-row results. Every write is a Lua
@@ -20,8 +22,10 @@ fleet-wide): the error path only.
 
 max_sessions is exact across replicas: the capacity check, sweep and eviction run inside the create/fork script,
 atomically, against the shared index (ids whose state Redis already expired are swept first). Run Redis with a
-`volatile-*` maxmemory policy (or noeviction): every key but the two index sets carries a TTL, so Redis may drop
-states under memory pressure (they then answer session_expired or session_not_found) but never the index.
+`volatile-*` maxmemory policy (or noeviction): every key but the index sets (`exp`, `lru`, `own:*`) carries a
+TTL, so Redis may drop states under memory pressure (they then answer session_expired or session_not_found) but
+never the index. The per-key limit is checked (SCARD) before the create script runs, so replicas creating for one
+key at the same instant can each pass it: it is exact per replica, and across replicas up to such races.
 
 Times come from the caller's clock (`now` is passed to the scripts), so replicas need roughly synchronised clocks
 (NTP); Redis's own TTL is a backstop that expires abandoned keys even if no replica ever sweeps. The scripts touch
@@ -96,12 +100,27 @@ local evicted = 0
 
 local function skey(id) return P .. ':s:' .. id end
 local function gkey(id) return P .. ':seen:' .. id end
+-- The set of an API key's live sessions (ids `<owner>.<random>`; ids without an owner are in none).
+local function okey(id)
+  local owner = string.match(id, '^(.+)%.')
+  if owner then return P .. ':own:' .. owner end
+  return nil
+end
+local function own(id)
+  local k = okey(id)
+  if k then redis.call('SADD', k, id) end
+end
+local function disown(id)
+  local k = okey(id)
+  if k then redis.call('SREM', k, id) end
+end
 local function ms(s) return math.max(1, math.ceil(s * 1000)) end
 
 local function remove(id, reason)
   redis.call('DEL', skey(id))
   redis.call('ZREM', EXP, id)
   redis.call('ZREM', LRU, id)
+  disown(id)
   if reason == 'deleted' then
     redis.call('DEL', gkey(id))
   elseif reason == 'capacity' and redis.call('EXISTS', gkey(id)) == 1 then
@@ -114,6 +133,7 @@ end
 local function gone(id)
   if redis.call('ZREM', EXP, id) == 1 then
     redis.call('ZREM', LRU, id)
+    disown(id)
     reaped = reaped + 1
   end
   local reason = redis.call('GET', gkey(id))
@@ -219,6 +239,7 @@ if redis.call('EXISTS', skey(id)) == 1 or redis.call('EXISTS', gkey(id)) == 1 th
   return {reaped, evicted, 'taken', ''}
 end
 write(id, nil, ARGV[7], tonumber(ARGV[8]))
+own(id)
 return {reaped, evicted, 'ok', ''}
 """
 
@@ -237,6 +258,7 @@ local magic, layers, hidden, _, position, _, _, _, ttl = struct.unpack(FMT, v)
 if ARGV[8] ~= '' then ttl = tonumber(ARGV[8]) end
 local header = struct.pack(FMT, magic, layers, hidden, 1, position, NOW, NOW, NOW + ttl, ttl)
 write(id, header, v, ttl)
+own(id)
 return {reaped, evicted, 'ok', header}
 """
 
@@ -603,16 +625,9 @@ class RedisStateStore(StateStore):
         return int(await self._call(self._redis.zcard(f"{self.prefix}:exp")))
 
     async def count_owned(self, owner: str) -> int:
-        # ZSCAN over the live index, one call per 1000 ids: O(sessions), made only for keyed creations under a
-        # per-key limit. Replicas creating for one key at the same instant can each pass the check.
-        key, cursor, found = f"{self.prefix}:exp", 0, 0
-        match = f"{owner}.*" if owner else None
-        while True:
-            cursor, members = await self._call(self._redis.zscan(key, cursor, match=match, count=1000))
-            ids = (m.decode() if isinstance(m, bytes) else str(m) for m, _ in members)
-            found += sum(owner_of(sid) == owner for sid in ids)
-            if cursor == 0:
-                return found
+        # SCARD of the owner's set, kept by the scripts wherever a session is born or leaves the index. Like
+        # count(), it includes sessions Redis expired that no sweep has reaped yet.
+        return int(await self._call(self._redis.scard(f"{self.prefix}:own:{owner}"))) if owner else 0
 
     async def sweep_expired(self) -> int:
         removed = 0

@@ -165,6 +165,34 @@ async def test_ttl_expiry_is_lazy_and_swept_and_told_apart_from_unknown(make_sto
     assert store.evictions["ttl"] == 2 and seen == [("ttl", 1), ("ttl", 1)]
 
 
+async def test_sessions_are_counted_per_owner_through_every_removal(make_store: StoreFactory) -> None:
+    """count_owned follows creation, fork (the copy has the source's owner), delete, lazy expiry, sweep and
+    capacity eviction; sessions made without an owner are nobody's."""
+    clock = Clock()
+    store = make_store(max_sessions=5, clock=clock, evict_idle_after_s=0)
+    made = []
+    for owner, ttl in (("ka", 10), ("ka", 100), ("kb", 100), ("", 100)):
+        made.append(await store.create(ttl_s=ttl, owner=owner))
+        clock.now += 1  # distinct last uses: the eviction order below does not hang on ties
+    a1, _, b1, anon = made
+    assert a1.session_id.startswith("ka.") and "." not in anon.session_id
+    fork = await store.fork(b1.session_id)
+    assert fork.session_id.startswith("kb.")
+    assert [await store.count_owned(o) for o in ("ka", "kb", "kc")] == [2, 2, 0]
+    await store.delete(fork.session_id)
+    clock.now += 7
+    with pytest.raises(SessionExpired):
+        await store.get_record(a1.session_id)  # expired on access
+    assert [await store.count_owned(o) for o in ("ka", "kb")] == [1, 1]
+    for _ in range(4):  # fill the store: the least recently used (a2, then b1) are evicted for capacity
+        clock.now += 1
+        await store.create(ttl_s=100, owner="kc")
+    assert [await store.count_owned(o) for o in ("ka", "kb", "kc")] == [0, 0, 4]
+    clock.now += 200
+    await store.sweep_expired()
+    assert await store.count_owned("kc") == 0
+
+
 async def test_full_store_evicts_the_lru_idle_session(make_store: StoreFactory) -> None:
     clock = Clock()
     store = make_store(max_sessions=3, clock=clock, evict_idle_after_s=30)
