@@ -104,12 +104,15 @@ def error_response(status: int, code: str, message: str, details: dict[str, Any]
     return ErrorJSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
 
-def engine_error_response(exc: EngineError) -> ErrorJSONResponse:
+def status_and_code(exc: EngineError) -> tuple[int, str]:
     status, code = next((v for t, v in STATUS.items() if isinstance(exc, t)), (500, "internal_error"))
+    return status, exc.code if isinstance(exc, InvalidInput) else code
+
+
+def engine_error_response(exc: EngineError) -> ErrorJSONResponse:
+    status, code = status_and_code(exc)
     details: dict[str, Any] = {}
     headers: dict[str, str] = {}
-    if isinstance(exc, InvalidInput):
-        code = exc.code
     if isinstance(exc, InvalidToken):
         details = {"position": exc.position}
         if exc.char is not None:
@@ -142,14 +145,10 @@ def _metrics_of(request: Request) -> Metrics | None:
     return getattr(engine, "metrics", None)
 
 
-def _counted(request: Request, response: ErrorJSONResponse) -> ErrorJSONResponse:
-    count_rejection(_metrics_of(request), json.loads(bytes(response.body))["error"]["code"])
-    return response
-
-
 async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, EngineError)
-    return _counted(request, engine_error_response(exc))
+    count_rejection(_metrics_of(request), status_and_code(exc)[1])
+    return engine_error_response(exc)
 
 
 def _where(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -180,8 +179,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTP_CODES.get(exc.status_code, "http_error")
     message = "no such route" if exc.status_code == 404 else str(exc.detail)
-    return _counted(request, error_response(exc.status_code, code, message,
-                                            headers=dict(exc.headers) if exc.headers else None))
+    count_rejection(_metrics_of(request), code)
+    return error_response(exc.status_code, code, message, headers=dict(exc.headers) if exc.headers else None)
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -216,7 +215,7 @@ def v2_error_response(exc: Exception) -> ErrorJSONResponse:
     if isinstance(exc, V2ProtocolError):
         return v2_error(400, exc.message)
     if isinstance(exc, EngineError):
-        status, _ = next((v for t, v in STATUS.items() if isinstance(exc, t)), (500, "internal_error"))
+        status, _ = status_and_code(exc)
         response = v2_error(400 if status in (409, 422) else status, exc.message)
         if status in (429, 503):
             response.headers["Retry-After"] = engine_error_response(exc).headers.get("Retry-After", "1")
