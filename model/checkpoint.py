@@ -13,9 +13,7 @@ from model.lstm import CharLSTM
 from model.tokenizer import CharTokenizer
 
 
-def save_checkpoint(
-    path: Path, model: CharLSTM, tokenizer: CharTokenizer, meta: dict[str, Any]
-) -> None:
+def save_checkpoint(path: Path, model: CharLSTM, tokenizer: CharTokenizer, meta: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "config": asdict(model.config),

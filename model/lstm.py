@@ -106,9 +106,7 @@ class CharLSTM(nn.Module):
         device = self.head.weight.device
         return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
 
-    def forward(
-        self, input_ids: Tensor, h0: Tensor, c0: Tensor, fused: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, input_ids: Tensor, h0: Tensor, c0: Tensor, fused: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """input_ids (batch, seq); h0, c0 (layers, batch, hidden) -> logits (batch, seq, vocab), hn, cn."""
         x = self.embed(input_ids)
         hn, cn = [], []

@@ -83,12 +83,14 @@ class ReferenceLSTM:
             def block(a: np.ndarray, g: int) -> np.ndarray:
                 return a[g * hid : (g + 1) * hid]
 
-            layers.append(LayerWeights(
-                w_x={g: block(w, k) for g, k in ONNX_BLOCKS.items()},
-                w_h={g: block(r, k) for g, k in ONNX_BLOCKS.items()},
-                b={g: block(b, k) + block(b[4 * hid :], k) for g, k in ONNX_BLOCKS.items()},  # Wb + Rb
-                p=None if peep is None else {g: block(peep, k) for g, k in ONNX_PEEPS.items()},
-            ))
+            layers.append(
+                LayerWeights(
+                    w_x={g: block(w, k) for g, k in ONNX_BLOCKS.items()},
+                    w_h={g: block(r, k) for g, k in ONNX_BLOCKS.items()},
+                    b={g: block(b, k) + block(b[4 * hid :], k) for g, k in ONNX_BLOCKS.items()},  # Wb + Rb
+                    p=None if peep is None else {g: block(peep, k) for g, k in ONNX_PEEPS.items()},
+                )
+            )
         if len(layers) != meta.config.num_layers:
             raise ValueError(f"found {len(layers)} LSTM operators, config says {meta.config.num_layers}")
         return cls(meta, inits["embedding"], layers, inits["head_w"], inits["head_b"])

@@ -53,7 +53,6 @@ def streams(ids: np.ndarray, batch: int) -> torch.Tensor:
     return torch.from_numpy(ids[: n * batch].reshape(batch, n).copy())
 
 
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -121,8 +120,9 @@ def train(
         bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr_at(step, cfg):.1e}", gnorm=f"{grad_norm:.2f}")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             val = evaluate_torch(model, val_ids, min(cfg.batch_size, 32), 256)
-            history.append({"step": step + 1, "train_loss": running, "val_loss": val,
-                            "minutes": (time.time() - started) / 60})
+            history.append(
+                {"step": step + 1, "train_loss": running, "val_loss": val, "minutes": (time.time() - started) / 60}
+            )
             bar.write(f"step {step + 1}: train {running:.4f} val {val:.4f} nats/char")
             if val < best:
                 best = val

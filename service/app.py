@@ -48,8 +48,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
                 metrics_server.close()
 
     otel = settings.opentelemetry
-    app = FastAPI(title="lstm-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
-                  telemetry={"tracing": otel, "metrics": otel, "logs": otel})
+    app = FastAPI(
+        title="lstm-serve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        telemetry={"tracing": otel, "metrics": otel, "logs": otel},
+    )
     app.state.engine = engine
     app.state.settings = settings
     app.state.generator = Generator(engine)
@@ -57,8 +62,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.sequences = Sequences(engine)
     # With keys, the guarded routers declare the Bearer scheme, so /docs shows it and offers "Authorize". The
     # check itself is AccessMiddleware's (it also covers the WebSocket); the declaration answers nothing.
-    guard = [Depends(HTTPBearer(auto_error=False, description="An API key (LSTM_SERVE_API_KEYS)."))] \
-        if keys.enabled else []
+    guard = (
+        [Depends(HTTPBearer(auto_error=False, description="An API key (LSTM_SERVE_API_KEYS)."))] if keys.enabled else []
+    )
     for module in (predict, sessions, generate, stream, inspect, openai, v2, model_info):
         app.include_router(module.router, dependencies=guard)
     app.include_router(health.router)
@@ -67,8 +73,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     # checked before the timeout starts and before a byte of the body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s, metrics=engine.metrics)
-    app.add_middleware(AccessMiddleware, keys=keys,
-                       limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
-                       metrics=engine.metrics)
+    app.add_middleware(
+        AccessMiddleware,
+        keys=keys,
+        limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+        metrics=engine.metrics,
+    )
     app.add_middleware(RequestLogMiddleware, metrics=engine.metrics)
     return app

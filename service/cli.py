@@ -18,13 +18,26 @@ def _train(args: argparse.Namespace) -> int:
     from model.train import TrainConfig, train
 
     train_text, val_text = load_corpus(Path(args.cache_dir)) if args.cache_dir else load_corpus()
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                      eval_every=args.eval_every, seed=args.seed, threads=args.threads)
-    model_cfg = {"hidden_size": args.hidden_size, "embed_size": args.embed_size,
-                 "num_layers": args.layers, "peephole": args.peephole}
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    model_cfg = {
+        "hidden_size": args.hidden_size,
+        "embed_size": args.embed_size,
+        "num_layers": args.layers,
+        "peephole": args.peephole,
+    }
     summary = train(train_text, val_text, model_cfg, cfg, Path(args.out))
-    print(f"best val loss {summary['val_loss_torch']:.4f} nats/char at step {summary['best_step']}, "
-          f"{summary['train_minutes']:.1f} min; checkpoint {args.out}")
+    print(
+        f"best val loss {summary['val_loss_torch']:.4f} nats/char at step {summary['best_step']}, "
+        f"{summary['train_minutes']:.1f} min; checkpoint {args.out}"
+    )
     return 0
 
 
@@ -51,8 +64,10 @@ def _export(args: argparse.Namespace) -> int:
     onnx.save(proto, str(out))
     card = out.with_name("MODEL_CARD.md") if args.card is None else Path(args.card)
     write_card(card, out, meta, evaluation, train_meta)
-    print(f"exported {out} ({out.stat().st_size / 1e6:.1f} MB), {meta.fingerprint}; "
-          f"val loss {evaluation.nats_per_char:.4f} nats/char; card {card}")
+    print(
+        f"exported {out} ({out.stat().st_size / 1e6:.1f} MB), {meta.fingerprint}; "
+        f"val loss {evaluation.nats_per_char:.4f} nats/char; card {card}"
+    )
     return 0
 
 
@@ -62,8 +77,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     _, val_text = load_corpus()
     ev = evaluate_onnx(Path(args.model), val_text)
-    print(f"validation loss {ev.nats_per_char:.4f} nats/char ({ev.bits_per_char:.4f} bits/char) over "
-          f"{ev.characters:,} held-out characters, {ev.seconds:.1f} s through ONNX Runtime")
+    print(
+        f"validation loss {ev.nats_per_char:.4f} nats/char ({ev.bits_per_char:.4f} bits/char) over "
+        f"{ev.characters:,} held-out characters, {ev.seconds:.1f} s through ONNX Runtime"
+    )
     if args.max_loss is not None and ev.nats_per_char > args.max_loss:
         print(f"FAIL: above the bar of {args.max_loss} nats/char", file=sys.stderr)
         return 1
@@ -84,11 +101,17 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
         default = field.default
         help_text = f"{field.description} [env {env}; default {default}]"
         if field.annotation is bool:
-            p.add_argument(_settings_flag(name), dest=name, action=argparse.BooleanOptionalAction,
-                           default=argparse.SUPPRESS, help=help_text)
+            p.add_argument(
+                _settings_flag(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
         else:
-            p.add_argument(_settings_flag(name), dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
-                           help=help_text)
+            p.add_argument(
+                _settings_flag(name), dest=name, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text
+            )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -178,8 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default docs/benchmarks, short: build/bench-short)")
     p.add_argument("--model", default=None, help=f"ONNX model (default {BUNDLED_MODEL.name}, the bundled one)")
     p.add_argument("--url", default=None, help="measure this running server instead of starting one")
-    p.add_argument("--only", default=None, help="comma-separated scenarios (limit,predict,resend,stream,steps,"
-                   "memory,optimisations,gpu)")
+    p.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated scenarios (limit,predict,resend,stream,steps,memory,optimisations,gpu)",
+    )
     p.add_argument("--concurrency", default=None, help="comma-separated concurrencies (default 1,16,64,256)")
     p.add_argument("--duration", type=float, default=None, help="seconds each load point measures")
     p.add_argument("--seed", type=int, default=1234)

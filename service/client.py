@@ -53,8 +53,14 @@ class LstmServeError(Exception):
     without its final event).
     """
 
-    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None,
-                 details: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        retry_after: float | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
@@ -83,9 +89,13 @@ def error_from_body(status: int, body: object, retry_after: float | None = None)
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         details = error.get("details")
-        return LstmServeError(status, str(error.get("code") or f"http_{status}"),
-                              str(error.get("message") or "no message"), retry_after,
-                              details if isinstance(details, dict) else None)
+        return LstmServeError(
+            status,
+            str(error.get("code") or f"http_{status}"),
+            str(error.get("message") or "no message"),
+            retry_after,
+            details if isinstance(details, dict) else None,
+        )
     if isinstance(error, str):  # the V2 inference routes answer {"error": "..."}, as Triton does
         return LstmServeError(status, f"http_{status}", error, retry_after)
     text = json.dumps(body) if body is not None else "no body"
@@ -182,29 +192,41 @@ def _object(response: httpx.Response) -> dict[str, Any]:
 
 def _prediction(body: Mapping[str, Any]) -> Prediction:
     session_id = body.get("session_id")
-    return Prediction(next=_next_tokens(body["next"]), position=int(body["position"]),
-                      session_id=None if session_id is None else str(session_id))
+    return Prediction(
+        next=_next_tokens(body["next"]),
+        position=int(body["position"]),
+        session_id=None if session_id is None else str(session_id),
+    )
 
 
 def _session_info(body: Mapping[str, Any]) -> SessionInfo:
     ttl = body.get("ttl_seconds")
-    return SessionInfo(session_id=str(body["session_id"]), position=int(body["position"]),
-                       created_at=_time(body["created_at"]), last_used_at=_time(body["last_used_at"]),
-                       expires_at=_time(body["expires_at"]), ttl_seconds=None if ttl is None else float(ttl))
+    return SessionInfo(
+        session_id=str(body["session_id"]),
+        position=int(body["position"]),
+        created_at=_time(body["created_at"]),
+        last_used_at=_time(body["last_used_at"]),
+        expires_at=_time(body["expires_at"]),
+        ttl_seconds=None if ttl is None else float(ttl),
+    )
 
 
 def _session_created(body: Mapping[str, Any]) -> _SessionCreated:
     nxt = body.get("next")
     expires = body.get("expires_at")
-    return _SessionCreated(session_id=str(body["session_id"]), position=int(body["position"]),
-                           expires_at=None if expires is None else _time(expires),
-                           next=None if nxt is None else _next_tokens(nxt))
+    return _SessionCreated(
+        session_id=str(body["session_id"]),
+        position=int(body["position"]),
+        expires_at=None if expires is None else _time(expires),
+        next=None if nxt is None else _next_tokens(nxt),
+    )
 
 
 def _generation(body: Mapping[str, Any], tokens: list[int] | None = None) -> Generation:
     ids = tokens if tokens is not None else [int(t) for t in body["tokens"]]
-    return Generation(text=str(body["text"]), tokens=ids, finish_reason=str(body["finish_reason"]),
-                      position=int(body["position"]))
+    return Generation(
+        text=str(body["text"]), tokens=ids, finish_reason=str(body["finish_reason"]), position=int(body["position"])
+    )
 
 
 # --- server-sent events ---------------------------------------------------------------------------------------
@@ -319,15 +341,19 @@ class _GenerationProtocol:
         """The connection closed: fine after the final event (even without `[DONE]`), an error before it."""
         self.finished()
         if self.result is None:
-            raise LstmServeError(self._status, "incomplete_stream",
-                                 "the event stream ended before the generation's final event")
+            raise LstmServeError(
+                self._status, "incomplete_stream", "the event stream ended before the generation's final event"
+            )
 
     def _handle(self, data: str) -> TokenEvent | None:
         if data == "[DONE]":
             self.done = True
             if self.result is None:
-                self._error = LstmServeError(self._status, "incomplete_stream",
-                                             "the event stream sent [DONE] before the generation's final event")
+                self._error = LstmServeError(
+                    self._status,
+                    "incomplete_stream",
+                    "the event stream sent [DONE] before the generation's final event",
+                )
             return None
         try:
             body = json.loads(data)
@@ -372,8 +398,9 @@ def _finish(call: _Call[T], response: httpx.Response) -> T:
     try:
         return call.parse(response)
     except (ValueError, KeyError, TypeError) as e:
-        raise LstmServeError(response.status_code, "invalid_response",
-                             f"{call.method} {call.path}: unexpected response body: {e}") from e
+        raise LstmServeError(
+            response.status_code, "invalid_response", f"{call.method} {call.path}: unexpected response body: {e}"
+        ) from e
 
 
 def _body(**fields: Any) -> dict[str, Any]:
@@ -390,10 +417,20 @@ def _predict_call(text: str | None, tokens: Sequence[int] | None, top_k: int) ->
     return _Call("POST", "/v1/predict", body, lambda r: _prediction(_object(r)))
 
 
-def _create_session_call(text: str | None, tokens: Sequence[int] | None, top_k: int | None,
-                         ttl_seconds: float | None, state: Mapping[str, Any] | None) -> _Call[_SessionCreated]:
-    body = _body(text=text, tokens=None if tokens is None else list(tokens), top_k=top_k, ttl_seconds=ttl_seconds,
-                 state=None if state is None else dict(state))
+def _create_session_call(
+    text: str | None,
+    tokens: Sequence[int] | None,
+    top_k: int | None,
+    ttl_seconds: float | None,
+    state: Mapping[str, Any] | None,
+) -> _Call[_SessionCreated]:
+    body = _body(
+        text=text,
+        tokens=None if tokens is None else list(tokens),
+        top_k=top_k,
+        ttl_seconds=ttl_seconds,
+        state=None if state is None else dict(state),
+    )
     return _Call("POST", "/v1/sessions", body, lambda r: _session_created(_object(r)))
 
 
@@ -446,20 +483,45 @@ class _SessionCalls:
         self._seen(result.position)
         return result
 
-    def _predict_call(self, text: str | None, tokens: Sequence[int] | None, top_k: int,
-                      expected_position: int | None) -> _Call[Prediction]:
-        body = _body(text=text, tokens=None if tokens is None else list(tokens), top_k=top_k,
-                     expected_position=expected_position)
+    def _predict_call(
+        self, text: str | None, tokens: Sequence[int] | None, top_k: int, expected_position: int | None
+    ) -> _Call[Prediction]:
+        body = _body(
+            text=text, tokens=None if tokens is None else list(tokens), top_k=top_k, expected_position=expected_position
+        )
         return _Call("POST", f"{self._path}/predict", body, self._read_prediction)
 
-    def _generate_body(self, max_tokens: int | None, temperature: float | None, top_k: int | None,
-                       top_p: float | None, seed: int | None, stop: Sequence[str] | None,
-                       stream: bool) -> dict[str, Any]:
-        return {**_body(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                        stop=None if stop is None else list(stop)), "stream": stream}
+    def _generate_body(
+        self,
+        max_tokens: int | None,
+        temperature: float | None,
+        top_k: int | None,
+        top_p: float | None,
+        seed: int | None,
+        stop: Sequence[str] | None,
+        stream: bool,
+    ) -> dict[str, Any]:
+        return {
+            **_body(
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                seed=seed,
+                stop=None if stop is None else list(stop),
+            ),
+            "stream": stream,
+        }
 
-    def _generate_call(self, max_tokens: int | None, temperature: float | None, top_k: int | None,
-                       top_p: float | None, seed: int | None, stop: Sequence[str] | None) -> _Call[Generation]:
+    def _generate_call(
+        self,
+        max_tokens: int | None,
+        temperature: float | None,
+        top_k: int | None,
+        top_p: float | None,
+        seed: int | None,
+        stop: Sequence[str] | None,
+    ) -> _Call[Generation]:
         body = self._generate_body(max_tokens, temperature, top_k, top_p, seed, stop, stream=False)
         return _Call("POST", f"{self._path}/generate", body, self._read_generation)
 
@@ -473,8 +535,9 @@ class _SessionCalls:
         return _Call("POST", f"{self._path}/reset", None, self._read_info)
 
     def _fork_call(self, ttl_seconds: float | None) -> _Call[_SessionCreated]:
-        return _Call("POST", f"{self._path}/fork", _body(ttl_seconds=ttl_seconds),
-                     lambda r: _session_created(_object(r)))
+        return _Call(
+            "POST", f"{self._path}/fork", _body(ttl_seconds=ttl_seconds), lambda r: _session_created(_object(r))
+        )
 
     def _export_call(self) -> _Call[dict[str, Any]]:
         return _Call("GET", f"{self._path}/state", None, _object)
@@ -492,8 +555,11 @@ class TokenStream:
     Iterate it (once). Leaving a `with` block or calling `close()` early closes the connection.
     """
 
-    def __init__(self, open_response: Callable[[], AbstractContextManager[httpx.Response]],
-                 protocol: Callable[[int], _GenerationProtocol]) -> None:
+    def __init__(
+        self,
+        open_response: Callable[[], AbstractContextManager[httpx.Response]],
+        protocol: Callable[[int], _GenerationProtocol],
+    ) -> None:
         self._open = open_response
         self._protocol = protocol
         self._events = self._read()
@@ -543,25 +609,41 @@ class Session(_SessionCalls):
         super().__init__(created)
         self._client = client
 
-    def predict(self, text: str | None = None, tokens: Sequence[int] | None = None, top_k: int = 5,
-                expected_position: int | None = None) -> Prediction:
+    def predict(
+        self,
+        text: str | None = None,
+        tokens: Sequence[int] | None = None,
+        top_k: int = 5,
+        expected_position: int | None = None,
+    ) -> Prediction:
         """Feed text (or token ids) and return the most likely next tokens. With `expected_position`, the server
         applies it only if the session is there (else 409 position_conflict, nothing changed)."""
         return self._client._run(self._predict_call(text, tokens, top_k, expected_position))
 
-    def generate(self, max_tokens: int | None = None, temperature: float | None = None, top_k: int | None = None,
-                 top_p: float | None = None, seed: int | None = None,
-                 stop: Sequence[str] | None = None) -> Generation:
+    def generate(
+        self,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> Generation:
         """Generate up to max_tokens tokens and return them at once (None: the server's default)."""
         return self._client._run(self._generate_call(max_tokens, temperature, top_k, top_p, seed, stop))
 
-    def stream(self, max_tokens: int | None = None, temperature: float | None = None, top_k: int | None = None,
-               top_p: float | None = None, seed: int | None = None,
-               stop: Sequence[str] | None = None) -> TokenStream:
+    def stream(
+        self,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> TokenStream:
         """Like generate, but yields each token as the server produces it (server-sent events)."""
         body = self._generate_body(max_tokens, temperature, top_k, top_p, seed, stop, stream=True)
-        return TokenStream(lambda: self._client._stream("POST", f"{self._path}/generate", body),
-                           self._stream_protocol)
+        return TokenStream(lambda: self._client._stream("POST", f"{self._path}/generate", body), self._stream_protocol)
 
     def fork(self, ttl_seconds: float | None = None) -> Session:
         """A new session starting from a copy of this one's state."""
@@ -592,11 +674,18 @@ class Session(_SessionCalls):
 class Client:
     """Synchronous client. `transport` lets tests plug in httpx.MockTransport (or a WSGI transport)."""
 
-    def __init__(self, base_url: str, api_key: str | None = None,
-                 timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT, *,
-                 transport: httpx.BaseTransport | None = None, headers: Mapping[str, str] | None = None) -> None:
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
-                                  headers=_headers(api_key, headers))
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=base_url, timeout=timeout, transport=transport, headers=_headers(api_key, headers)
+        )
 
     def _run(self, call: _Call[T]) -> T:
         return _finish(call, self._http.request(call.method, call.path, json=call.body))
@@ -612,9 +701,15 @@ class Client:
         """Stateless: the most likely next tokens after `text` (or token ids), from a zero state."""
         return self._run(_predict_call(text, tokens, top_k))
 
-    def create_session(self, text: str | None = None, ttl_seconds: float | None = None,
-                       state: Mapping[str, Any] | None = None, *, tokens: Sequence[int] | None = None,
-                       top_k: int | None = None) -> Session:
+    def create_session(
+        self,
+        text: str | None = None,
+        ttl_seconds: float | None = None,
+        state: Mapping[str, Any] | None = None,
+        *,
+        tokens: Sequence[int] | None = None,
+        top_k: int | None = None,
+    ) -> Session:
         """A new session, optionally restored from an exported `state` and primed with text or tokens (then
         `session.next` holds the prediction after them)."""
         return Session(self, self._run(_create_session_call(text, tokens, top_k, ttl_seconds, state)))
@@ -629,8 +724,9 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -643,8 +739,11 @@ class AsyncTokenStream:
     Use `async with session.stream(...) as events:` when you may stop early, so the connection is closed.
     """
 
-    def __init__(self, open_response: Callable[[], AbstractAsyncContextManager[httpx.Response]],
-                 protocol: Callable[[int], _GenerationProtocol]) -> None:
+    def __init__(
+        self,
+        open_response: Callable[[], AbstractAsyncContextManager[httpx.Response]],
+        protocol: Callable[[int], _GenerationProtocol],
+    ) -> None:
         self._open = open_response
         self._protocol = protocol
         self._events = self._read()
@@ -717,29 +816,49 @@ class AsyncSession(_SessionCalls):
         super().__init__(created)
         self._client = client
 
-    async def predict(self, text: str | None = None, tokens: Sequence[int] | None = None, top_k: int = 5,
-                      expected_position: int | None = None) -> Prediction:
+    async def predict(
+        self,
+        text: str | None = None,
+        tokens: Sequence[int] | None = None,
+        top_k: int = 5,
+        expected_position: int | None = None,
+    ) -> Prediction:
         """See Session.predict."""
         return await self._client._run(self._predict_call(text, tokens, top_k, expected_position))
 
-    async def generate(self, max_tokens: int | None = None, temperature: float | None = None,
-                       top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                       stop: Sequence[str] | None = None) -> Generation:
+    async def generate(
+        self,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> Generation:
         """See Session.generate."""
         return await self._client._run(self._generate_call(max_tokens, temperature, top_k, top_p, seed, stop))
 
-    def stream(self, max_tokens: int | None = None, temperature: float | None = None, top_k: int | None = None,
-               top_p: float | None = None, seed: int | None = None,
-               stop: Sequence[str] | None = None) -> AsyncTokenStream:
+    def stream(
+        self,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> AsyncTokenStream:
         """See Session.stream; iterate with `async for`."""
         body = self._generate_body(max_tokens, temperature, top_k, top_p, seed, stop, stream=True)
-        return AsyncTokenStream(lambda: self._client._stream("POST", f"{self._path}/generate", body),
-                                self._stream_protocol)
+        return AsyncTokenStream(
+            lambda: self._client._stream("POST", f"{self._path}/generate", body), self._stream_protocol
+        )
 
     def fork(self, ttl_seconds: float | None = None) -> PendingSession:
         """See Session.fork; `await` it, or `async with` it."""
+
         async def create() -> AsyncSession:
             return AsyncSession(self._client, await self._client._run(self._fork_call(ttl_seconds)))
+
         return PendingSession(create)
 
     async def export_state(self) -> dict[str, Any]:
@@ -764,35 +883,47 @@ class AsyncSession(_SessionCalls):
 class AsyncClient:
     """Asynchronous client; `transport` takes httpx.MockTransport or httpx.ASGITransport(app) in tests."""
 
-    def __init__(self, base_url: str, api_key: str | None = None,
-                 timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT, *,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport,
-                                       headers=_headers(api_key, headers))
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url, timeout=timeout, transport=transport, headers=_headers(api_key, headers)
+        )
 
     async def _run(self, call: _Call[T]) -> T:
         return _finish(call, await self._http.request(call.method, call.path, json=call.body))
 
-    def _stream(self, method: str, path: str,
-                body: Mapping[str, Any]) -> AbstractAsyncContextManager[httpx.Response]:
+    def _stream(self, method: str, path: str, body: Mapping[str, Any]) -> AbstractAsyncContextManager[httpx.Response]:
         return self._http.stream(method, path, json=body, headers={"Accept": "text/event-stream"})
 
     async def model(self) -> dict[str, Any]:
         """See Client.model."""
         return await self._run(_model_call())
 
-    async def predict(self, text: str | None = None, tokens: Sequence[int] | None = None,
-                      top_k: int = 5) -> Prediction:
+    async def predict(self, text: str | None = None, tokens: Sequence[int] | None = None, top_k: int = 5) -> Prediction:
         """See Client.predict."""
         return await self._run(_predict_call(text, tokens, top_k))
 
-    def create_session(self, text: str | None = None, ttl_seconds: float | None = None,
-                       state: Mapping[str, Any] | None = None, *, tokens: Sequence[int] | None = None,
-                       top_k: int | None = None) -> PendingSession:
+    def create_session(
+        self,
+        text: str | None = None,
+        ttl_seconds: float | None = None,
+        state: Mapping[str, Any] | None = None,
+        *,
+        tokens: Sequence[int] | None = None,
+        top_k: int | None = None,
+    ) -> PendingSession:
         """See Client.create_session; `await` it, or `async with` it to delete the session on exit."""
+
         async def create() -> AsyncSession:
             return AsyncSession(self, await self._run(_create_session_call(text, tokens, top_k, ttl_seconds, state)))
+
         return PendingSession(create)
 
     def session(self, session_id: str, position: int = 0) -> AsyncSession:
@@ -805,6 +936,7 @@ class AsyncClient:
     async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()

@@ -19,42 +19,58 @@ ENV_PREFIX = "LSTM_SERVE_"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True,
-                                      protected_namespaces=())
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, protected_namespaces=()
+    )
 
     # The model and where it runs
     model_path: Path = Field(default=BUNDLED_MODEL, description="ONNX model exported by `lstm-serve export`.")
     provider: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",
-        description="Execution provider: auto (CUDA when onnxruntime-gpu and a GPU are present), cpu, cuda.")
+        description="Execution provider: auto (CUDA when onnxruntime-gpu and a GPU are present), cpu, cuda.",
+    )
     intra_op_threads: int = Field(
-        default=1, ge=0, le=256,
+        default=1,
+        ge=0,
+        le=256,
         description="ONNX Runtime threads inside an operator (0 = one per physical core). One is fastest for "
-        "small batches on a busy CPU.")
+        "small batches on a busy CPU.",
+    )
     inter_op_threads: int = Field(
-        default=1, ge=0, le=256, description="ONNX Runtime threads across operators (0 = ORT's default).")
+        default=1, ge=0, le=256, description="ONNX Runtime threads across operators (0 = ORT's default)."
+    )
     graph_optimization: Literal["all", "extended", "basic", "disabled"] = Field(
-        default="all", description="ONNX Runtime graph optimisation level.")
+        default="all", description="ONNX Runtime graph optimisation level."
+    )
     allow_spinning: bool = Field(
         default=False,
-        description="Let ONNX Runtime's idle threads spin: lower latency, but they burn CPU between batches.")
+        description="Let ONNX Runtime's idle threads spin: lower latency, but they burn CPU between batches.",
+    )
 
     gil_switch_interval_ms: float = Field(
-        default=0.5, gt=0, le=100,
+        default=0.5,
+        gt=0,
+        le=100,
         description="CPython's GIL switch interval for the server process (CPython's default is 5 ms): how long the "
         "ONNX Runtime worker thread can wait for the GIL after a run while the event loop holds it. Against 5 ms the "
-        "benchmark measured 1.14-1.25x tokens/s for one stream, 0.99-1.14x for 64 (docs/benchmarks).")
+        "benchmark measured 1.14-1.25x tokens/s for one stream, 0.99-1.14x for 64 (docs/benchmarks).",
+    )
 
     # HTTP
     host: str = Field(default="127.0.0.1", description="Address to listen on (0.0.0.0 in a container).")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port.")
     max_request_bytes: int = Field(
-        default=1_048_576, ge=1024, le=256 * 1_048_576,
-        description="Largest request body accepted; larger ones get 413.")
+        default=1_048_576,
+        ge=1024,
+        le=256 * 1_048_576,
+        description="Largest request body accepted; larger ones get 413.",
+    )
     max_text_length: int = Field(
-        default=8192, ge=1, le=1_000_000, description="Most characters (or token ids) one request may feed.")
+        default=8192, ge=1, le=1_000_000, description="Most characters (or token ids) one request may feed."
+    )
     shutdown_grace_s: float = Field(
-        default=10.0, ge=0, le=3600, description="Seconds to finish in-flight requests after SIGTERM.")
+        default=10.0, ge=0, le=3600, description="Seconds to finish in-flight requests after SIGTERM."
+    )
 
     # Batching
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Most work items in one ONNX Runtime batch.")
@@ -62,84 +78,123 @@ class Settings(BaseSettings):
     # arrive while a batch runs (measured: 8 and 64 concurrent clients gave the same mean batch with 0 as with 2 ms).
     # Raise it on a GPU, where a bigger batch costs almost nothing extra.
     max_batch_delay_ms: float = Field(
-        default=0.0, ge=0, le=1000,
+        default=0.0,
+        ge=0,
+        le=1000,
         description="Longest a work item waits for others to share its batch (0 = take whatever is queued; "
-        "requests arriving while a batch runs still share the next one).")
+        "requests arriving while a batch runs still share the next one).",
+    )
 
     # Sessions and their state
     state_backend: Literal["memory", "redis"] = Field(default="memory", description="Where session states live.")
     redis_url: str = Field(default="redis://localhost:6379/0", description="Redis URL for state_backend=redis.")
     redis_key_prefix: str = Field(
-        default="lstm-serve", min_length=1, max_length=100,
-        description="Prefix of the Redis keys (the model fingerprint is appended, so models never share states).")
+        default="lstm-serve",
+        min_length=1,
+        max_length=100,
+        description="Prefix of the Redis keys (the model fingerprint is appended, so models never share states).",
+    )
     max_sessions: int = Field(default=10_000, ge=1, le=10_000_000, description="Most sessions held at once.")
     session_ttl_s: float = Field(
-        default=1800.0, gt=0, description="Idle time after which a session expires (default for new sessions).")
-    max_session_ttl_s: float = Field(
-        default=86_400.0, gt=0, description="Largest ttl_seconds a client may ask for.")
+        default=1800.0, gt=0, description="Idle time after which a session expires (default for new sessions)."
+    )
+    max_session_ttl_s: float = Field(default=86_400.0, gt=0, description="Largest ttl_seconds a client may ask for.")
     evict_idle_after_s: float = Field(
-        default=60.0, ge=0,
+        default=60.0,
+        ge=0,
         description="When the store is full, the least-recently-used session is evicted if idle at least this "
-        "long; otherwise creating a session gets 429. 0 = always evict the LRU session.")
-    sweep_interval_s: float = Field(
-        default=5.0, gt=0, le=3600, description="How often expired sessions are swept.")
+        "long; otherwise creating a session gets 429. 0 = always evict the LRU session.",
+    )
+    sweep_interval_s: float = Field(default=5.0, gt=0, le=3600, description="How often expired sessions are swept.")
     remember_expired: int = Field(
-        default=100_000, ge=0, le=10_000_000,
-        description="Expired/evicted ids remembered to answer session_expired rather than session_not_found.")
+        default=100_000,
+        ge=0,
+        le=10_000_000,
+        description="Expired/evicted ids remembered to answer session_expired rather than session_not_found.",
+    )
     snapshot_path: Path | None = Field(
         default=None,
         description="Memory backend: file the sessions are saved to (periodically and at shutdown) and restored "
-        "from at start.")
+        "from at start.",
+    )
     snapshot_interval_s: float = Field(
-        default=60.0, ge=0, description="Seconds between snapshots (0 = only at shutdown).")
+        default=60.0, ge=0, description="Seconds between snapshots (0 = only at shutdown)."
+    )
 
     # Generation and inspection
     max_generate_tokens: int = Field(
-        default=1000, ge=1, le=100_000, description="Most tokens one generation may produce.")
+        default=1000, ge=1, le=100_000, description="Most tokens one generation may produce."
+    )
     max_inspect_length: int = Field(
-        default=256, ge=1, le=100_000,
+        default=256,
+        ge=1,
+        le=100_000,
         description="Most characters one gate inspection may feed (its answer holds 6 vectors of hidden_size "
-        "floats per character and layer).")
+        "floats per character and layer).",
+    )
 
     # Access and limits
     api_keys: SecretStr = Field(
         default=SecretStr(""),
         description="Comma-separated API keys; when set (or api_key_file is), every /v1 and /v2 route needs "
-        "`Authorization: Bearer <key>`. Empty and no key file: authentication is off.")
+        "`Authorization: Bearer <key>`. Empty and no key file: authentication is off.",
+    )
     api_key_file: Path | None = Field(
-        default=None, description="File of hashed keys, one `sha256:<hex>` (optionally after a name) per line; "
-        "make a line with `lstm-serve hash-key`.")
+        default=None,
+        description="File of hashed keys, one `sha256:<hex>` (optionally after a name) per line; "
+        "make a line with `lstm-serve hash-key`.",
+    )
     metrics_port: int | None = Field(
-        default=None, ge=1, le=65535,
-        description="Serve /metrics on this port only (not on the API port), so it is not exposed with the API.")
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics on this port only (not on the API port), so it is not exposed with the API.",
+    )
     model_sha256: str | None = Field(
-        default=None, pattern=r"^[0-9a-fA-F]{64}$",
-        description="Expected SHA-256 of the model file; a mismatch stops the start.")
+        default=None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="Expected SHA-256 of the model file; a mismatch stops the start.",
+    )
     rate_limit_per_s: float = Field(
-        default=100.0, ge=0, le=1_000_000,
-        description="Requests per second per API key (token bucket; 0 = off). Applies when keys are configured.")
+        default=100.0,
+        ge=0,
+        le=1_000_000,
+        description="Requests per second per API key (token bucket; 0 = off). Applies when keys are configured.",
+    )
     rate_limit_burst: int = Field(
-        default=200, ge=1, le=1_000_000, description="Requests a key may make at once above its steady rate.")
+        default=200, ge=1, le=1_000_000, description="Requests a key may make at once above its steady rate."
+    )
     max_sessions_per_key: int = Field(
-        default=1000, ge=0, le=10_000_000,
-        description="Most sessions one API key may hold (0 = only max_sessions). Applies when keys are configured.")
+        default=1000,
+        ge=0,
+        le=10_000_000,
+        description="Most sessions one API key may hold (0 = only max_sessions). Applies when keys are configured.",
+    )
     max_streams_per_key: int = Field(
-        default=64, ge=0, le=100_000,
-        description="Most generations one API key may run at once (0 = no limit). Applies when keys are configured.")
+        default=64,
+        ge=0,
+        le=100_000,
+        description="Most generations one API key may run at once (0 = no limit). Applies when keys are configured.",
+    )
     request_timeout_s: float = Field(
-        default=60.0, ge=0, le=3600,
+        default=60.0,
+        ge=0,
+        le=3600,
         description="Longest a request may take before its response starts (then 504 request_timeout, nothing "
         "changed); streams are bounded by max_generate_tokens instead, so long generations should stream. "
-        "0 = no timeout.")
+        "0 = no timeout.",
+    )
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
-        default="INFO", description="Log level.")
+        default="INFO", description="Log level."
+    )
     log_json: bool = Field(default=True, description="One JSON object per log line (false: plain text for humans).")
     opentelemetry: bool = Field(
         default=False,
         description="Let FastAPI's native OpenTelemetry instrumentation run when a provider is configured. Off: the "
-        "server's metrics are Prometheus, and the check costs every request a look at the global providers.")
+        "server's metrics are Prometheus, and the check costs every request a look at the global providers.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -150,8 +205,10 @@ class Settings(BaseSettings):
     @classmethod
     def _model_exists(cls, v: Path) -> Path:
         if not v.is_file():
-            raise ValueError(f"model file {v} does not exist; train and export one (`lstm-serve train`, "
-                             "`lstm-serve export`) or point --model-path / LSTM_SERVE_MODEL_PATH at one")
+            raise ValueError(
+                f"model file {v} does not exist; train and export one (`lstm-serve train`, "
+                "`lstm-serve export`) or point --model-path / LSTM_SERVE_MODEL_PATH at one"
+            )
         return v
 
     @field_validator("snapshot_path")
@@ -180,8 +237,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.session_ttl_s > self.max_session_ttl_s:
-            raise ValueError(f"session_ttl_s ({self.session_ttl_s}) exceeds max_session_ttl_s "
-                             f"({self.max_session_ttl_s})")
+            raise ValueError(
+                f"session_ttl_s ({self.session_ttl_s}) exceeds max_session_ttl_s ({self.max_session_ttl_s})"
+            )
         if self.state_backend == "redis" and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"redis_url {self.redis_url!r} is not a redis://, rediss:// or unix:// URL")
         if self.metrics_port is not None and self.metrics_port == self.port:

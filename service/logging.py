@@ -10,8 +10,12 @@ from typing import Any
 import orjson
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and goes into the JSON.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName",
-                                                                         "color_message"}  # uvicorn: ANSI copy
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}  # uvicorn: ANSI copy
 
 
 def _default(value: object) -> str:
@@ -46,8 +50,9 @@ class PlainFormatter(logging.Formatter):
 def setup_logging(level: str = "INFO", json_lines: bool = True) -> None:
     """Route our loggers and uvicorn's through one stderr handler with the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_lines else PlainFormatter("%(asctime)s %(levelname)s %(name)s: "
-                                                                           "%(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if json_lines else PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

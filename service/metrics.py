@@ -8,8 +8,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 PREFIX = "lstm_serve_"
 # Sub-millisecond resolution: a single-token step of the bundled model takes well under a millisecond on CPU.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-REJECTION_REASONS = ("unauthorized", "rate_limited", "too_many_sessions", "too_many_streams", "payload_too_large",
-                     "text_too_long", "too_many_tokens", "request_timeout")
+REJECTION_REASONS = (
+    "unauthorized",
+    "rate_limited",
+    "too_many_sessions",
+    "too_many_streams",
+    "payload_too_large",
+    "text_too_long",
+    "too_many_tokens",
+    "request_timeout",
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -18,50 +26,89 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            PREFIX + "requests", "HTTP requests by route template, method and status code.",
-            ["route", "method", "status"], registry=r)
+            PREFIX + "requests",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=r,
+        )
         self.request_latency = Histogram(
-            PREFIX + "request_latency_seconds", "HTTP request latency by route template, in seconds.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=r)
+            PREFIX + "request_latency_seconds",
+            "HTTP request latency by route template, in seconds.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.inference_latency = Histogram(
-            PREFIX + "inference_latency_seconds", "Duration of one ONNX Runtime run, in seconds.",
-            buckets=LATENCY_BUCKETS, registry=r)
+            PREFIX + "inference_latency_seconds",
+            "Duration of one ONNX Runtime run, in seconds.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
-            PREFIX + "batch_size", "Work items (sessions or stateless requests) per batch.",
-            buckets=BATCH_BUCKETS, registry=r)
+            PREFIX + "batch_size",
+            "Work items (sessions or stateless requests) per batch.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.queue_wait = Histogram(
-            PREFIX + "queue_wait_seconds", "Time a work item waited in the batch queue before its batch started.",
-            buckets=LATENCY_BUCKETS, registry=r)
+            PREFIX + "queue_wait_seconds",
+            "Time a work item waited in the batch queue before its batch started.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.tokens = Counter(
-            PREFIX + "tokens", "Tokens run through the model, by kind (prompt = fed by clients, generated).",
-            ["kind"], registry=r)
+            PREFIX + "tokens",
+            "Tokens run through the model, by kind (prompt = fed by clients, generated).",
+            ["kind"],
+            registry=r,
+        )
         self.active_sessions = Gauge(
-            PREFIX + "active_sessions", "Sessions currently held by the state store.", registry=r)
+            PREFIX + "active_sessions", "Sessions currently held by the state store.", registry=r
+        )
         self.sessions_created = Counter(
-            PREFIX + "sessions_created", "Sessions created (fresh, restored or forked).", registry=r)
+            PREFIX + "sessions_created", "Sessions created (fresh, restored or forked).", registry=r
+        )
         self.sessions_evicted = Counter(
-            PREFIX + "sessions_evicted", "Sessions removed, by reason: ttl (idle too long), capacity (LRU "
-            "eviction when full), deleted (by their client).", ["reason"], registry=r)
+            PREFIX + "sessions_evicted",
+            "Sessions removed, by reason: ttl (idle too long), capacity (LRU "
+            "eviction when full), deleted (by their client).",
+            ["reason"],
+            registry=r,
+        )
         self.model_info = Gauge(
-            PREFIX + "model_info", "The loaded model (always 1): name, version, fingerprint, execution provider.",
-            ["name", "version", "fingerprint", "provider"], registry=r)
-        self.ready = Gauge(PREFIX + "ready", "1 when the model is loaded and warm and the server not draining.",
-                           registry=r)
+            PREFIX + "model_info",
+            "The loaded model (always 1): name, version, fingerprint, execution provider.",
+            ["name", "version", "fingerprint", "provider"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            PREFIX + "ready", "1 when the model is loaded and warm and the server not draining.", registry=r
+        )
         self.time_to_first_token = Histogram(
             PREFIX + "time_to_first_token_seconds",
             "Generation: time from the request to its first generated token, in seconds.",
-            buckets=LATENCY_BUCKETS, registry=r)
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.inter_token_latency = Histogram(
             PREFIX + "inter_token_latency_seconds",
             "Generation: time between consecutive tokens of one stream, in seconds.",
-            buckets=LATENCY_BUCKETS, registry=r)
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.streams_in_progress = Gauge(
-            PREFIX + "streams_in_progress", "Generations running now (streamed or not, over HTTP or WebSocket).",
-            registry=r)
+            PREFIX + "streams_in_progress",
+            "Generations running now (streamed or not, over HTTP or WebSocket).",
+            registry=r,
+        )
         self.rejections = Counter(
-            PREFIX + "rejections", "Requests refused by a limit or access check, by reason (unauthorized, "
+            PREFIX + "rejections",
+            "Requests refused by a limit or access check, by reason (unauthorized, "
             "rate_limited, too_many_sessions, too_many_streams, payload_too_large, text_too_long, too_many_tokens, "
-            "request_timeout).", ["reason"], registry=r)
+            "request_timeout).",
+            ["reason"],
+            registry=r,
+        )
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)
         for kind in ("prompt", "generated"):

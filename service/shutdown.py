@@ -50,8 +50,16 @@ def serve(app: FastAPI, settings: Settings) -> int:
     """Run the app until SIGTERM/SIGINT; the process's exit status (0 after a graceful shutdown)."""
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="auto", http="auto", log_config=None, access_log=False,
-        lifespan="on", timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s))
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="auto",
+        http="auto",
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
+    )
     server = GracefulServer(config, app.state.engine.begin_shutdown)
     previous = signal.signal(signal.SIGTERM, _clean_exit)
     try:

@@ -23,8 +23,9 @@ def make_tiny_lstm(
     """An untrained CharLSTM with weights spread wide enough that its outputs depend on the input."""
     torch.manual_seed(seed)
     tokenizer = CharTokenizer(sorted(TEST_VOCAB))
-    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, embed_size=embed, hidden_size=hidden,
-                      num_layers=layers, peephole=peephole)
+    cfg = ModelConfig(
+        vocab_size=tokenizer.vocab_size, embed_size=embed, hidden_size=hidden, num_layers=layers, peephole=peephole
+    )
     model = CharLSTM(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():

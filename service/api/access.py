@@ -52,18 +52,37 @@ class AccessMiddleware:
         if principal is None:
             self.metrics.rejections.labels("unauthorized").inc()
             # The presented key is never logged, only that one was refused.
-            await self._refuse(scope, receive, send, self._error(
-                scope, 401, "unauthorized", "a valid API key is required: send `Authorization: Bearer <key>`",
-                {"WWW-Authenticate": 'Bearer realm="lstm-serve"'}))
+            await self._refuse(
+                scope,
+                receive,
+                send,
+                self._error(
+                    scope,
+                    401,
+                    "unauthorized",
+                    "a valid API key is required: send `Authorization: Bearer <key>`",
+                    {"WWW-Authenticate": 'Bearer realm="lstm-serve"'},
+                ),
+            )
             return
         if principal != ANONYMOUS:
             wait = self.limiter.acquire(principal)
             if wait > 0:
                 self.metrics.rejections.labels("rate_limited").inc()
                 retry = retry_after_header(wait)
-                await self._refuse(scope, receive, send, self._error(
-                    scope, 429, "rate_limited", f"this API key is over its rate of {self.limiter.rate:g} requests "
-                    f"per second; retry in {retry} s", {"Retry-After": retry}))
+                await self._refuse(
+                    scope,
+                    receive,
+                    send,
+                    self._error(
+                        scope,
+                        429,
+                        "rate_limited",
+                        f"this API key is over its rate of {self.limiter.rate:g} requests "
+                        f"per second; retry in {retry} s",
+                        {"Retry-After": retry},
+                    ),
+                )
                 return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
@@ -83,8 +102,13 @@ class AccessMiddleware:
             await response(scope, receive, send)
         elif "websocket.http.response" in scope.get("extensions", {}):
             # The handshake is answered with the same HTTP error a plain request gets.
-            await send({"type": "websocket.http.response.start", "status": response.status_code,
-                        "headers": response.raw_headers})
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": response.status_code,
+                    "headers": response.raw_headers,
+                }
+            )
             await send({"type": "websocket.http.response.body", "body": bytes(response.body)})
         else:
             await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": "a valid API key is required"})

@@ -66,11 +66,11 @@ DESCRIPTIONS: dict[int, str] = {
     409: "`position_conflict`: the session is not at `expected_position`; nothing changed.",
     413: "`payload_too_large`: the body exceeds the server's max_request_bytes.",
     422: "`invalid_request`: malformed or out-of-range fields; `invalid_token`: a character or id outside the "
-         "vocabulary (named, with its position); `text_too_long`; `state_mismatch` / `invalid_state`: a restored "
-         "state that does not belong to the loaded model or is corrupt.",
+    "vocabulary (named, with its position); `text_too_long`; `state_mismatch` / `invalid_state`: a restored "
+    "state that does not belong to the loaded model or is corrupt.",
     429: "`too_many_sessions`: the store (or this API key's share of it) is full; `too_many_streams`: this key runs "
-         "its maximum of concurrent generations; `rate_limited`: this key is over its request rate. Retry after "
-         "the Retry-After header's seconds.",
+    "its maximum of concurrent generations; `rate_limited`: this key is over its request rate. Retry after "
+    "the Retry-After header's seconds.",
     503: "`not_ready` (model loading), `draining` (shutting down) or `state_store_unavailable`.",
     504: "`request_timeout`: no answer within the server's request_timeout_s; the request changed nothing.",
 }
@@ -99,8 +99,9 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
     return {"error": err}
 
 
-def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None,
-                   headers: dict[str, str] | None = None) -> ErrorJSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> ErrorJSONResponse:
     return ErrorJSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
 
@@ -161,8 +162,10 @@ def _where(loc: tuple[Any, ...] | list[Any]) -> str:
 def validation_error_response(errors: Sequence[Any]) -> ErrorJSONResponse:
     """422 invalid_request naming each field that failed validation (pydantic's `errors()`)."""
     # The client's input is not echoed back: it may be large, and it is theirs already.
-    problems = [{"field": _where(e.get("loc", ())),
-                 "problem": str(e.get("msg", "invalid")).removeprefix("Value error, ")} for e in errors]
+    problems = [
+        {"field": _where(e.get("loc", ())), "problem": str(e.get("msg", "invalid")).removeprefix("Value error, ")}
+        for e in errors
+    ]
     message = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:10])
     return error_response(422, "invalid_request", message or "invalid request", {"errors": problems[:50]})
 

@@ -37,23 +37,33 @@ async def _answer(generator: Generator, plan: Plan, stream: bool, request: Reque
     return GenerateResponse.of(await generator.run(plan))
 
 
-@router.post("/v1/sessions/{id}/generate", response_model=GenerateResponse,
-             responses={**SSE_RESPONSES, **responses(400, 404, 409, 413, 422)})
-async def session_generate(session_id: SessionId, body: SessionGenerateRequest, generator: GeneratorDep,
-                           request: Request, caller: CallerDep) -> Response | GenerateResponse:
+@router.post(
+    "/v1/sessions/{id}/generate",
+    response_model=GenerateResponse,
+    responses={**SSE_RESPONSES, **responses(400, 404, 409, 413, 422)},
+)
+async def session_generate(
+    session_id: SessionId, body: SessionGenerateRequest, generator: GeneratorDep, request: Request, caller: CallerDep
+) -> Response | GenerateResponse:
     """Generate from the session's state (feeding `text` or `tokens` first if given). The generated tokens advance
     the session: it remembers what it wrote, and its position grows by one per token. A streaming client that
     disconnects stops the generation at once, and the session keeps exactly the tokens that were sent. With
     `expected_position` it runs only if the session is there (409 if not)."""
-    plan = await generator.prepare(body.params(generator), session_id=session_id, text=body.text, tokens=body.tokens,
-                                   expected_position=body.expected_position, owner=caller)
+    plan = await generator.prepare(
+        body.params(generator),
+        session_id=session_id,
+        text=body.text,
+        tokens=body.tokens,
+        expected_position=body.expected_position,
+        owner=caller,
+    )
     return await _answer(generator, plan, body.stream, request)
 
 
-@router.post("/v1/generate", response_model=GenerateResponse,
-             responses={**SSE_RESPONSES, **responses(400, 413, 422)})
-async def generate(body: GenerateRequest, generator: GeneratorDep, request: Request,
-                   caller: CallerDep) -> Response | GenerateResponse:
+@router.post("/v1/generate", response_model=GenerateResponse, responses={**SSE_RESPONSES, **responses(400, 413, 422)})
+async def generate(
+    body: GenerateRequest, generator: GeneratorDep, request: Request, caller: CallerDep
+) -> Response | GenerateResponse:
     """Stateless generation: feed the prompt from a zero state and generate; nothing is stored."""
     plan = await generator.prepare(body.params(generator), text=body.text, tokens=body.tokens, owner=caller)
     return await _answer(generator, plan, body.stream, request)

@@ -27,13 +27,17 @@ async def readyz(engine: EngineDep) -> Status | ErrorJSONResponse:
     if not engine.ready:
         return error_response(503, "not_ready", "the model is not loaded and warm yet", headers={"Retry-After": "1"})
     if not engine.store_available:
-        return error_response(503, "state_store_unavailable", "the session state store cannot be reached",
-                              headers={"Retry-After": "1"})
+        return error_response(
+            503, "state_store_unavailable", "the session state store cannot be reached", headers={"Retry-After": "1"}
+        )
     return Status(status="ready")
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}},
+)
 async def metrics(engine: EngineDep) -> Response:
     """Prometheus metrics (all prefixed lstm_serve_); 404 here when metrics_port serves them on a port of their own."""
     if engine.settings.metrics_port is not None:

@@ -32,10 +32,11 @@ def _body(result: Inspection, chars: tuple[str, ...], session_id: str | None) ->
     means = [{g: getattr(layer, g).mean(axis=1) for g in GATES} for layer in result.layers]  # each (T,) float64
     steps = []
     for t, token in enumerate(result.ids.tolist()):
-        layers = [{"layer": n, **{g: arrays[g][t] for g in GATES}, "mean": {g: float(m[g][t]) for g in GATES}}
-                  for n, (arrays, m) in enumerate(zip(gates, means, strict=True))]
-        steps.append({"char": chars[token], "id": token, "position": result.start_position + t + 1,
-                      "layers": layers})
+        layers = [
+            {"layer": n, **{g: arrays[g][t] for g in GATES}, "mean": {g: float(m[g][t]) for g in GATES}}
+            for n, (arrays, m) in enumerate(zip(gates, means, strict=True))
+        ]
+        steps.append({"char": chars[token], "id": token, "position": result.start_position + t + 1, "layers": layers})
     body: dict[str, Any] = {
         "position": result.position,
         "layers": len(result.layers),
@@ -52,8 +53,12 @@ def _answer(result: Inspection, chars: tuple[str, ...], session_id: str | None) 
     return Response(content, media_type="application/json")
 
 
-@router.post("/v1/sessions/{id}/inspect", response_model=InspectResponse, response_class=Response,
-             responses={200: {"content": {"application/json": {}}}, **responses(400, 404, 409, 413, 422)})
+@router.post(
+    "/v1/sessions/{id}/inspect",
+    response_model=InspectResponse,
+    response_class=Response,
+    responses={200: {"content": {"application/json": {}}}, **responses(400, 404, 409, 413, 422)},
+)
 async def session_inspect(session_id: SessionId, body: InspectRequest, inspector: InspectorDep) -> Response:
     """Feed the text to the session, as predict does, and return every gate's activations for each character
     and layer (full vectors, and their means), computed from the weights in the ONNX file."""
@@ -61,8 +66,12 @@ async def session_inspect(session_id: SessionId, body: InspectRequest, inspector
     return _answer(result, inspector.chars, session_id)
 
 
-@router.post("/v1/inspect", response_model=InspectResponse, response_class=Response,
-             responses={200: {"content": {"application/json": {}}}, **responses(400, 413, 422)})
+@router.post(
+    "/v1/inspect",
+    response_model=InspectResponse,
+    response_class=Response,
+    responses={200: {"content": {"application/json": {}}}, **responses(400, 413, 422)},
+)
 async def inspect(body: InspectRequest, inspector: InspectorDep) -> Response:
     """Stateless gate inspection: the same, from a zero state; nothing is stored."""
     result = await inspector.inspect(text=body.text, tokens=body.tokens, top=body.top_k)

@@ -55,8 +55,16 @@ class RequestLogMiddleware:
             session_id = (scope.get("path_params") or {}).get("id") or state.get("session_id")
             if isinstance(session_id, str):
                 session_id = session_id[:64]  # a path can carry anything; real ids are 22 characters
-            log.info("request", extra={"method": method, "route": route, "status": status,
-                                       "latency_ms": round(elapsed * 1000, 3), "session_id": session_id})
+            log.info(
+                "request",
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000, 3),
+                    "session_id": session_id,
+                },
+            )
 
 
 class BodyLimitMiddleware:

@@ -44,16 +44,21 @@ def _without_stop(text: str, result: Finished) -> str:
 
 def _usage(result: Finished) -> Usage:
     generated = len(result.tokens)
-    return Usage(prompt_tokens=result.prompt_tokens, completion_tokens=generated,
-                 total_tokens=result.prompt_tokens + generated)
+    return Usage(
+        prompt_tokens=result.prompt_tokens, completion_tokens=generated, total_tokens=result.prompt_tokens + generated
+    )
 
 
 class CompletionChunks:
     """One completion's answer: whole (`completion`), or as stream chunks (`token`, `finished`)."""
 
     def __init__(self, *, model: str, fingerprint: str, stops: Sequence[str], include_usage: bool) -> None:
-        self._head: dict[str, Any] = {"id": f"cmpl-{secrets.token_hex(12)}", "created": int(time.time()),
-                                      "model": model, "system_fingerprint": fingerprint}
+        self._head: dict[str, Any] = {
+            "id": f"cmpl-{secrets.token_hex(12)}",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": fingerprint,
+        }
         self._stops = tuple(stops)
         self._include_usage = include_usage
         self._pending = ""  # generated text not sent yet: it may be the start of a stop string
@@ -89,25 +94,33 @@ async def models(engine: EngineDep) -> ModelList:
     return ModelList(data=[ModelCard(id=engine.metadata.name, created=created)])
 
 
-@router.post("/v1/completions", response_model=Completion,
-             responses={**SSE_RESPONSES, **responses(400, 404, 409, 413, 422)})
-async def completions(body: CompletionRequest, engine: EngineDep, generator: GeneratorDep,
-                      request: Request, caller: CallerDep) -> Response | Completion:
+@router.post(
+    "/v1/completions", response_model=Completion, responses={**SSE_RESPONSES, **responses(400, 404, 409, 413, 422)}
+)
+async def completions(
+    body: CompletionRequest, engine: EngineDep, generator: GeneratorDep, request: Request, caller: CallerDep
+) -> Response | Completion:
     """Complete the prompt, in the shape of OpenAI's completions API (streamed with `"stream": true`). With
     `session_id`, the prompt and the completion are fed to that session, which remembers them."""
     meta = engine.metadata
     if body.model != meta.name:
         raise UnknownModel(body.model, meta.name)
     params = generator.params(
-        max_tokens=body.max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
-        top_k=body.top_k, top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stops())
+        max_tokens=body.max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_k=body.top_k,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+        stop=body.stops(),
+    )
     text, tokens = body.prompt_input()
     if body.session_id is not None:
         check_owner(request, body.session_id)
     plan = await generator.prepare(params, session_id=body.session_id, text=text, tokens=tokens, owner=caller)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
-    chunks = CompletionChunks(model=meta.name, fingerprint=meta.fingerprint, stops=body.stops(),
-                              include_usage=include_usage)
+    chunks = CompletionChunks(
+        model=meta.name, fingerprint=meta.fingerprint, stops=body.stops(), include_usage=include_usage
+    )
     if body.stream:
         return event_stream(generator.stream(plan), chunks, request.app.state.settings.shutdown_grace_s)
     return chunks.completion(await generator.run(plan))

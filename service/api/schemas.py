@@ -18,8 +18,10 @@ from service.state.store import SessionRecord
 HARD_MAX_INPUT = 1_000_000
 MAX_TOP_K = 1024
 
-TEXT_DESCRIPTION = ("Characters to feed, every one in the model's vocabulary (GET /v1/model). At most the server's "
-                    "max_text_length. Give `text` or `tokens`, not both.")
+TEXT_DESCRIPTION = (
+    "Characters to feed, every one in the model's vocabulary (GET /v1/model). At most the server's "
+    "max_text_length. Give `text` or `tokens`, not both."
+)
 TOKENS_DESCRIPTION = "Token ids to feed instead of text, each in [0, vocab_size)."
 TOP_K_DESCRIPTION = "How many of the most likely next tokens to return; above the vocabulary size returns all."
 
@@ -35,13 +37,18 @@ class Strict(BaseModel):
 
 # ---- errors ------------------------------------------------------------------------------------------------
 class ErrorDetail(BaseModel):
-    code: str = Field(description="Stable machine-readable code, e.g. session_not_found, invalid_token.",
-                      examples=["invalid_token"])
-    message: str = Field(description="What went wrong, for humans.",
-                         examples=["character 'é' (U+00E9) at position 3 is not in the vocabulary"])
+    code: str = Field(
+        description="Stable machine-readable code, e.g. session_not_found, invalid_token.", examples=["invalid_token"]
+    )
+    message: str = Field(
+        description="What went wrong, for humans.",
+        examples=["character 'é' (U+00E9) at position 3 is not in the vocabulary"],
+    )
     details: dict[str, Any] | None = Field(
-        default=None, description="Structured facts about the error when there are any (e.g. char and position).",
-        examples=[{"char": "é", "position": 3}])
+        default=None,
+        description="Structured facts about the error when there are any (e.g. char and position).",
+        examples=[{"char": "é", "position": 3}],
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -63,8 +70,9 @@ class TokenProbability(BaseModel):
 
 class InputFields(Strict):
     text: str | None = Field(default=None, min_length=1, max_length=HARD_MAX_INPUT, description=TEXT_DESCRIPTION)
-    tokens: list[StrictInt] | None = Field(default=None, min_length=1, max_length=HARD_MAX_INPUT,
-                                           description=TOKENS_DESCRIPTION)
+    tokens: list[StrictInt] | None = Field(
+        default=None, min_length=1, max_length=HARD_MAX_INPUT, description=TOKENS_DESCRIPTION
+    )
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description=TOP_K_DESCRIPTION)
 
     @model_validator(mode="after")
@@ -96,20 +104,24 @@ class PredictResponse(BaseModel):
 class SessionState(Strict):
     """A session's LSTM state, portable between servers running the same model."""
 
-    model_fingerprint: str = Field(description="Fingerprint of the weights the state belongs to (GET /v1/model).",
-                                   examples=["sha256:3f1c..."])
-    position: int = Field(ge=0, description="Tokens the session had consumed (a restored one: at most 2**50).",
-                          examples=[17])
-    shape: list[int] = Field(min_length=2, max_length=2,
-                             description="Shape of h and of c each: [layers, hidden].", examples=[[2, 512]])
+    model_fingerprint: str = Field(
+        description="Fingerprint of the weights the state belongs to (GET /v1/model).", examples=["sha256:3f1c..."]
+    )
+    position: int = Field(
+        ge=0, description="Tokens the session had consumed (a restored one: at most 2**50).", examples=[17]
+    )
+    shape: list[int] = Field(
+        min_length=2, max_length=2, description="Shape of h and of c each: [layers, hidden].", examples=[[2, 512]]
+    )
     dtype: str = Field(description="Element type; always float32.", examples=["float32"])
     h: str = Field(description="Hidden state h: base64 of little-endian float32, row-major [layers, hidden].")
     c: str = Field(description="Cell state C: base64 of little-endian float32, row-major [layers, hidden].")
 
     @classmethod
     def of(cls, s: PortableState) -> SessionState:
-        return cls(model_fingerprint=s.model_fingerprint, position=s.position, shape=list(s.shape), dtype=s.dtype,
-                   h=s.h, c=s.c)
+        return cls(
+            model_fingerprint=s.model_fingerprint, position=s.position, shape=list(s.shape), dtype=s.dtype, h=s.h, c=s.c
+        )
 
     def portable(self) -> PortableState:
         shape = (self.shape[0], self.shape[1])
@@ -121,36 +133,49 @@ TTL_DESCRIPTION = "Idle seconds before the session expires (default: the server'
 
 
 class CreateSessionRequest(InputFields):
-    model_config = ConfigDict(json_schema_extra={"examples": [{}, {"text": "ROMEO:\n", "top_k": 3},
-                                                              {"ttl_seconds": 600}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{}, {"text": "ROMEO:\n", "top_k": 3}, {"ttl_seconds": 600}]}
+    )
     ttl_seconds: float | None = Field(default=None, gt=0, description=TTL_DESCRIPTION)
     state: SessionState | None = Field(
         default=None,
         description="Restore an exported state (GET /v1/sessions/{id}/state) instead of starting from zeros; "
-        "refused unless it belongs to the loaded model. `text`/`tokens`, if given, are fed after it.")
+        "refused unless it belongs to the loaded model. `text`/`tokens`, if given, are fed after it.",
+    )
 
 
 class SessionCreated(BaseModel):
-    session_id: str = Field(description="Id of the new session (128 random bits: keep it secret).",
-                            examples=["q3Jx0b1s8T1nZq4lJYd2xA"])
+    session_id: str = Field(
+        description="Id of the new session (128 random bits: keep it secret).", examples=["q3Jx0b1s8T1nZq4lJYd2xA"]
+    )
     position: int = Field(description="Tokens consumed so far.", examples=[0])
     expires_at: datetime = Field(description="When the session expires if left idle (UTC).")
     next: list[TokenProbability] | None = Field(
-        default=None, description="Only when `text` or `tokens` primed the session: the most likely next tokens.")
+        default=None, description="Only when `text` or `tokens` primed the session: the most likely next tokens."
+    )
 
     @classmethod
     def of(cls, r: SessionRecord, nxt: list[TokenProb] | None) -> SessionCreated:
-        return cls(session_id=r.session_id, position=r.position, expires_at=utc(r.expires_at),
-                   next=None if nxt is None else [TokenProbability.of(t) for t in nxt])
+        return cls(
+            session_id=r.session_id,
+            position=r.position,
+            expires_at=utc(r.expires_at),
+            next=None if nxt is None else [TokenProbability.of(t) for t in nxt],
+        )
 
 
 class SessionPredictRequest(RequiredInput):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "To be, or not to ", "top_k": 5},
-                                                              {"text": "be", "expected_position": 17}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"text": "To be, or not to ", "top_k": 5}, {"text": "be", "expected_position": 17}]
+        }
+    )
     expected_position: int | None = Field(
-        default=None, ge=0,
+        default=None,
+        ge=0,
         description="Optimistic concurrency: apply only if the session is at this position, else 409 and nothing "
-        "changes.")
+        "changes.",
+    )
 
 
 SESSION_ID = "The session's id."
@@ -173,8 +198,14 @@ class SessionInfo(BaseModel):
 
     @classmethod
     def of(cls, r: SessionRecord) -> SessionInfo:
-        return cls(session_id=r.session_id, position=r.position, created_at=utc(r.created_at),
-                   last_used_at=utc(r.last_used_at), expires_at=utc(r.expires_at), ttl_seconds=r.ttl_s)
+        return cls(
+            session_id=r.session_id,
+            position=r.position,
+            created_at=utc(r.created_at),
+            last_used_at=utc(r.last_used_at),
+            expires_at=utc(r.expires_at),
+            ttl_seconds=r.ttl_s,
+        )
 
 
 class ForkRequest(Strict):

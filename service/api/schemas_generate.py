@@ -28,22 +28,33 @@ MAX_STOP_LENGTH = 256
 
 class SamplingFields(Strict):
     max_tokens: int | None = Field(
-        default=None, ge=1, le=HARD_MAX_TOKENS,
+        default=None,
+        ge=1,
+        le=HARD_MAX_TOKENS,
         description="Most tokens to generate; at most the server's max_generate_tokens (default 100, or that "
-        "limit if lower).")
+        "limit if lower).",
+    )
     temperature: float = Field(default=1.0, ge=0, description="Softmax temperature; 0 = greedy (argmax).")
     top_k: int = Field(default=0, ge=0, le=1024, description="Sample among the k most likely tokens only; 0 = off.")
-    top_p: float = Field(default=1.0, gt=0, le=1,
-                         description="Nucleus sampling: the smallest most-likely-first set reaching this "
-                         "probability; 1 = off.")
+    top_p: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Nucleus sampling: the smallest most-likely-first set reaching this probability; 1 = off.",
+    )
     seed: int | None = Field(
-        default=None, ge=0, le=MAX_SEED,
+        default=None,
+        ge=0,
+        le=MAX_SEED,
         description="Makes the output reproducible: the same state, parameters and seed give the same tokens, "
-        "whatever else the server is doing. Drawn at random when omitted.")
+        "whatever else the server is doing. Drawn at random when omitted.",
+    )
     stop: list[str] = Field(
-        default_factory=list, max_length=MAX_STOPS,
+        default_factory=list,
+        max_length=MAX_STOPS,
         description="Stop strings: generation ends once the text ends with one of them (it is included in the "
-        "text: the session has consumed it).")
+        "text: the session has consumed it).",
+    )
 
     @model_validator(mode="after")
     def _stops(self) -> Self:
@@ -52,14 +63,21 @@ class SamplingFields(Strict):
         return self
 
     def params(self, generator: Generator) -> GenerationParams:
-        return generator.params(max_tokens=self.max_tokens, temperature=self.temperature, top_k=self.top_k,
-                                top_p=self.top_p, seed=self.seed, stop=self.stop)
+        return generator.params(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=self.stop,
+        )
 
 
 class PromptFields(SamplingFields):
     text: str | None = Field(default=None, min_length=1, max_length=HARD_MAX_INPUT, description=TEXT_DESCRIPTION)
-    tokens: list[StrictInt] | None = Field(default=None, min_length=1, max_length=HARD_MAX_INPUT,
-                                           description=TOKENS_DESCRIPTION)
+    tokens: list[StrictInt] | None = Field(
+        default=None, min_length=1, max_length=HARD_MAX_INPUT, description=TOKENS_DESCRIPTION
+    )
 
     @model_validator(mode="after")
     def _not_both(self) -> Self:
@@ -68,31 +86,50 @@ class PromptFields(SamplingFields):
         return self
 
 
-STREAM_DESCRIPTION = ("Stream the tokens as server-sent events: `data: {\"token\", \"id\", \"position\"}` per token, "
-                      "then a final event with finish_reason, text, tokens and position, then `data: [DONE]`.")
+STREAM_DESCRIPTION = (
+    'Stream the tokens as server-sent events: `data: {"token", "id", "position"}` per token, '
+    "then a final event with finish_reason, text, tokens and position, then `data: [DONE]`."
+)
 
 
 class SessionGenerationFields(PromptFields):
     expected_position: int | None = Field(
-        default=None, ge=0,
+        default=None,
+        ge=0,
         description="Optimistic concurrency: generate only if the session is at this position, else 409 and "
-        "nothing changes.")
+        "nothing changes.",
+    )
 
 
 class SessionGenerateRequest(SessionGenerationFields):
     """Continue the session: feed the prompt if one is given, then generate; every token advances the session."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"max_tokens": 200, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "seed": 42, "stop": ["\n\n"],
-         "stream": False}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "max_tokens": 200,
+                    "temperature": 0.8,
+                    "top_k": 0,
+                    "top_p": 1.0,
+                    "seed": 42,
+                    "stop": ["\n\n"],
+                    "stream": False,
+                }
+            ]
+        }
+    )
     stream: bool = Field(default=False, description=STREAM_DESCRIPTION)
 
 
 class GenerateRequest(PromptFields):
     """Stateless generation from a zero state: the prompt is required and nothing is stored."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"text": "ROMEO:\n", "max_tokens": 200, "temperature": 0.8, "seed": 42, "stop": ["\n\n"]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"text": "ROMEO:\n", "max_tokens": 200, "temperature": 0.8, "seed": 42, "stop": ["\n\n"]}]
+        }
+    )
     stream: bool = Field(default=False, description=STREAM_DESCRIPTION)
 
     @model_validator(mode="after")
@@ -106,13 +143,15 @@ class GenerateResponse(BaseModel):
     text: str = Field(description="The generated text (a stop string that ended it included).")
     tokens: list[int] = Field(description="Its token ids.")
     finish_reason: Literal["length", "stop"] = Field(
-        description="length: max_tokens were generated; stop: the text ends with a stop string.")
+        description="length: max_tokens were generated; stop: the text ends with a stop string."
+    )
     position: int = Field(description="The session's position after the generation (stateless: prompt + tokens).")
 
     @classmethod
     def of(cls, result: Finished) -> GenerateResponse:
-        return cls(text=result.text, tokens=list(result.tokens), finish_reason=result.finish_reason,
-                   position=result.position)
+        return cls(
+            text=result.text, tokens=list(result.tokens), finish_reason=result.finish_reason, position=result.position
+        )
 
 
 class TokenEventBody(BaseModel):
@@ -128,16 +167,22 @@ class GenerateFrame(Strict):
     """`{"generate": {...}}`: answered with token frames, then a final frame (as the SSE events)."""
 
     generate: SessionGenerationFields = Field(
-        description="Generation parameters, and an optional prompt to feed first.")
+        description="Generation parameters, and an optional prompt to feed first."
+    )
 
 
 # ---- inspection ----------------------------------------------------------------------------------------------
 class InspectRequest(Strict):
     model_config = ConfigDict(json_schema_extra={"examples": [{"text": "To be"}]})
-    text: str | None = Field(default=None, min_length=1, max_length=HARD_MAX_INPUT,
-                             description="Characters to feed; at most the server's max_inspect_length.")
-    tokens: list[StrictInt] | None = Field(default=None, min_length=1, max_length=HARD_MAX_INPUT,
-                                           description=TOKENS_DESCRIPTION)
+    text: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=HARD_MAX_INPUT,
+        description="Characters to feed; at most the server's max_inspect_length.",
+    )
+    tokens: list[StrictInt] | None = Field(
+        default=None, min_length=1, max_length=HARD_MAX_INPUT, description=TOKENS_DESCRIPTION
+    )
     top_k: int = Field(default=5, ge=1, le=1024, description="How many of the most likely next tokens to return.")
 
     @model_validator(mode="after")
@@ -161,8 +206,9 @@ class GateMeans(BaseModel):
 
 class LayerGatesBody(BaseModel):
     layer: int = Field(description="0 is the layer that reads the embedding.")
-    f: list[float] = Field(description="Forget gate f = sigmoid(W_f [h_{t-1}, x_t] + b_f): how much of C_{t-1} "
-                           "is kept.")
+    f: list[float] = Field(
+        description="Forget gate f = sigmoid(W_f [h_{t-1}, x_t] + b_f): how much of C_{t-1} is kept."
+    )
     i: list[float] = Field(description="Input gate i: how much of the candidate is written.")
     c_tilde: list[float] = Field(description="Candidate c~ = tanh(W_c [h_{t-1}, x_t] + b_c).")
     o: list[float] = Field(description="Output gate o: how much of tanh(C_t) becomes h_t.")
@@ -187,4 +233,5 @@ class InspectResponse(BaseModel):
     next: list[TokenProbability] = Field(description="The most likely next tokens, most likely first.")
     deviation: dict[str, float] = Field(
         description="Largest absolute difference between the final h, c and logits computed here (float64, from "
-        "the weights in the ONNX file) and those ONNX Runtime computed for the served model.")
+        "the weights in the ONNX file) and those ONNX Runtime computed for the served model."
+    )

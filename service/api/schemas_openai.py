@@ -20,22 +20,44 @@ class StreamOptions(Strict):
 
 
 class CompletionRequest(Strict):
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"model": "shakespeare-lstm", "prompt": "ROMEO:\n", "max_tokens": 100, "temperature": 0.8, "stream": True},
-        {"model": "shakespeare-lstm", "prompt": " and", "max_tokens": 50, "session_id": "q3Jx0b1s8T1nZq4lJYd2xA"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "shakespeare-lstm",
+                    "prompt": "ROMEO:\n",
+                    "max_tokens": 100,
+                    "temperature": 0.8,
+                    "stream": True,
+                },
+                {
+                    "model": "shakespeare-lstm",
+                    "prompt": " and",
+                    "max_tokens": 50,
+                    "session_id": "q3Jx0b1s8T1nZq4lJYd2xA",
+                },
+            ]
+        }
+    )
 
     model: str = Field(description="The served model's name (GET /v1/models).")
     prompt: str | list[str] | list[StrictInt] = Field(
-        default="", description="Text (or token ids) to feed before generating; one prompt per request.")
-    max_tokens: int | None = Field(default=OPENAI_DEFAULT_MAX_TOKENS, ge=1, le=HARD_MAX_TOKENS,
-                                   description="Most tokens to generate (at most the server's max_generate_tokens).")
+        default="", description="Text (or token ids) to feed before generating; one prompt per request."
+    )
+    max_tokens: int | None = Field(
+        default=OPENAI_DEFAULT_MAX_TOKENS,
+        ge=1,
+        le=HARD_MAX_TOKENS,
+        description="Most tokens to generate (at most the server's max_generate_tokens).",
+    )
     temperature: float | None = Field(default=1.0, ge=0, description="0 = greedy.")
     top_p: float | None = Field(default=1.0, gt=0, le=1, description="Nucleus sampling; 1 = off.")
     n: int | None = Field(default=1, ge=1, le=1, description="Only 1.")
     stream: bool | None = Field(default=False, description="Stream `data:` chunks, then `data: [DONE]`.")
     stream_options: StreamOptions | None = Field(default=None, description="Streaming options.")
     stop: str | list[str] | None = Field(
-        default=None, description="Up to 4 stop strings; the returned text ends before the one that matched.")
+        default=None, description="Up to 4 stop strings; the returned text ends before the one that matched."
+    )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Makes the completion reproducible.")
     echo: bool | None = Field(default=False, description="Not supported (only false).")
     logprobs: int | None = Field(default=None, description="Not supported (only null or 0).")
@@ -47,17 +69,27 @@ class CompletionRequest(Strict):
     user: str | None = Field(default=None, max_length=256, description="Accepted and ignored.")
     # lstm-serve extensions
     session_id: str | None = Field(
-        default=None, max_length=256,
+        default=None,
+        max_length=256,
         description="Continue this session (POST /v1/sessions) instead of starting fresh: the prompt and the "
-        "completion advance it, stop string included.")
+        "completion advance it, stop string included.",
+    )
     top_k: int = Field(default=0, ge=0, le=1024, description="Sample among the k most likely tokens; 0 = off.")
 
     @model_validator(mode="after")
     def _supported(self) -> Self:
-        unsupported = [name for name, ok in (
-            ("echo", not self.echo), ("logprobs", not self.logprobs), ("presence_penalty", not self.presence_penalty),
-            ("frequency_penalty", not self.frequency_penalty), ("logit_bias", not self.logit_bias),
-            ("suffix", self.suffix is None)) if not ok]
+        unsupported = [
+            name
+            for name, ok in (
+                ("echo", not self.echo),
+                ("logprobs", not self.logprobs),
+                ("presence_penalty", not self.presence_penalty),
+                ("frequency_penalty", not self.frequency_penalty),
+                ("logit_bias", not self.logit_bias),
+                ("suffix", self.suffix is None),
+            )
+            if not ok
+        ]
         if unsupported:
             raise ValueError(f"not supported by this server: {', '.join(unsupported)}")
         if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], str) and len(self.prompt) != 1:
@@ -85,7 +117,8 @@ class CompletionChoice(BaseModel):
     index: int = Field(default=0, description="Always 0: one completion per request.")
     logprobs: None = Field(default=None, description="Always null.")
     finish_reason: Literal["length", "stop"] | None = Field(
-        description="length: max_tokens reached; stop: a stop string matched; null in all but the last chunk.")
+        description="length: max_tokens reached; stop: a stop string matched; null in all but the last chunk."
+    )
 
 
 class Usage(BaseModel):

@@ -29,30 +29,47 @@ def _log_session(request: Request, session_id: str) -> None:
     request.state.session_id = session_id
 
 
-@router.post("", status_code=201, response_model=SessionCreated, response_model_exclude_none=True,
-             responses=responses(400, 413, 422, 429))
-async def create_session(engine: EngineDep, request: Request, caller: CallerDep,
-                         body: CreateSessionRequest | None = None) -> SessionCreated:
+@router.post(
+    "",
+    status_code=201,
+    response_model=SessionCreated,
+    response_model_exclude_none=True,
+    responses=responses(400, 413, 422, 429),
+)
+async def create_session(
+    engine: EngineDep, request: Request, caller: CallerDep, body: CreateSessionRequest | None = None
+) -> SessionCreated:
     """Create a session at position 0 (or from an exported `state`); if `text` or `tokens` are given, feed them
     and return the next-token distribution too. The body may be omitted."""
     body = body if body is not None else CreateSessionRequest()
     record, nxt = await engine.create_session(
-        text=body.text, tokens=body.tokens, top_k=body.top_k, ttl_s=body.ttl_seconds,
-        state=None if body.state is None else body.state.portable(), owner=caller)
+        text=body.text,
+        tokens=body.tokens,
+        top_k=body.top_k,
+        ttl_s=body.ttl_seconds,
+        state=None if body.state is None else body.state.portable(),
+        owner=caller,
+    )
     _log_session(request, record.session_id)
     return SessionCreated.of(record, nxt)
 
 
 @router.post("/{id}/predict", response_model=SessionPredictResponse, responses=responses(400, 404, 409, 413, 422))
-async def session_predict(session_id: SessionId, body: SessionPredictRequest,
-                          engine: EngineDep) -> SessionPredictResponse:
+async def session_predict(
+    session_id: SessionId, body: SessionPredictRequest, engine: EngineDep
+) -> SessionPredictResponse:
     """Feed the next piece of text to the session and return the most likely next tokens. The session's state
     advances only if the request succeeds; with `expected_position` it applies only at that position (409 if not)."""
-    result = await engine.session_predict(session_id, text=body.text, tokens=body.tokens, top_k=body.top_k,
-                                          expected_position=body.expected_position)
+    result = await engine.session_predict(
+        session_id, text=body.text, tokens=body.tokens, top_k=body.top_k, expected_position=body.expected_position
+    )
     r = result.record
-    return SessionPredictResponse(session_id=r.session_id, position=r.position, expires_at=utc(r.expires_at),
-                                  next=[TokenProbability.of(t) for t in result.next])
+    return SessionPredictResponse(
+        session_id=r.session_id,
+        position=r.position,
+        expires_at=utc(r.expires_at),
+        next=[TokenProbability.of(t) for t in result.next],
+    )
 
 
 @router.get("/{id}", response_model=SessionInfo, responses=responses(404, 422))
@@ -75,8 +92,9 @@ async def reset_session(session_id: SessionId, engine: EngineDep) -> SessionInfo
 
 
 @router.post("/{id}/fork", status_code=201, response_model=ForkResponse, responses=responses(400, 404, 413, 422, 429))
-async def fork_session(session_id: SessionId, engine: EngineDep, request: Request,
-                       body: ForkRequest | None = None) -> ForkResponse:
+async def fork_session(
+    session_id: SessionId, engine: EngineDep, request: Request, body: ForkRequest | None = None
+) -> ForkResponse:
     """A new session with a copy of this one's state and position: cheap branching. The source is unchanged."""
     record = await engine.fork_session(session_id, None if body is None else body.ttl_seconds)
     _log_session(request, record.session_id)

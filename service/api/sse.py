@@ -21,8 +21,10 @@ from service.engine.generation import Event, Finished, Token
 
 DONE = "[DONE]"
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-          "description": "With `stream: true`: the events, as described in the body's `stream` field."},
+    200: {
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "With `stream: true`: the events, as described in the body's `stream` field.",
+    },
 }
 
 
@@ -52,7 +54,8 @@ async def _events(events: AsyncGenerator[Event, None], renderer: Renderer) -> As
     yield ServerSentEvent(data=DONE)
 
 
-def event_stream(events: AsyncGenerator[Event, None], renderer: Renderer,
-                 shutdown_grace_s: float) -> EventSourceResponse:
+def event_stream(
+    events: AsyncGenerator[Event, None], renderer: Renderer, shutdown_grace_s: float
+) -> EventSourceResponse:
     """The response that streams a generation; `shutdown_grace_s`: the server's grace period at shutdown."""
     return EventSourceResponse(_events(events, renderer), shutdown_grace_period=0.9 * shutdown_grace_s)

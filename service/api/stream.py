@@ -99,15 +99,17 @@ async def _read(websocket: WebSocket, frames: asyncio.Queue[str | bytes]) -> Non
             raise _Flooded() from None
 
 
-async def _serve(websocket: WebSocket, frames: asyncio.Queue[str | bytes], engine: Engine, generator: Generator,
-                 session_id: str) -> None:
+async def _serve(
+    websocket: WebSocket, frames: asyncio.Queue[str | bytes], engine: Engine, generator: Generator, session_id: str
+) -> None:
     limit = engine.settings.max_request_bytes
     while True:
         frame = await frames.get()
         try:
             if len(frame) > limit:
-                raise InvalidInput(f"frame of {len(frame)} bytes exceeds the limit of {limit}",
-                                   code="payload_too_large")
+                raise InvalidInput(
+                    f"frame of {len(frame)} bytes exceeds the limit of {limit}", code="payload_too_large"
+                )
             await _handle(websocket, _json_object(frame), engine, generator, session_id)
         except (EngineError, ValidationError) as exc:
             await websocket.send_json(error_payload(exc, engine.metrics))
@@ -123,17 +125,23 @@ def _json_object(frame: str | bytes) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"a frame must be a JSON object: {exc}") from None
     if not isinstance(data, dict):
-        raise InvalidInput("a frame must be a JSON object: {\"text\": ...} or {\"generate\": {...}}")
+        raise InvalidInput('a frame must be a JSON object: {"text": ...} or {"generate": {...}}')
     return data
 
 
-async def _handle(websocket: WebSocket, data: dict[str, Any], engine: Engine, generator: Generator,
-                  session_id: str) -> None:
+async def _handle(
+    websocket: WebSocket, data: dict[str, Any], engine: Engine, generator: Generator, session_id: str
+) -> None:
     if "generate" in data:
         fields = GenerateFrame.model_validate(data).generate
-        plan = await generator.prepare(fields.params(generator), session_id=session_id, text=fields.text,
-                                       tokens=fields.tokens, expected_position=fields.expected_position,
-                                       owner=caller_of(websocket))
+        plan = await generator.prepare(
+            fields.params(generator),
+            session_id=session_id,
+            text=fields.text,
+            tokens=fields.tokens,
+            expected_position=fields.expected_position,
+            owner=caller_of(websocket),
+        )
         render = NativeEvents()
         # aclosing: a send that fails (the client is gone) closes the generation at that unsent token.
         async with aclosing(generator.stream(plan)) as events:
@@ -142,10 +150,12 @@ async def _handle(websocket: WebSocket, data: dict[str, Any], engine: Engine, ge
                     await websocket.send_json(payload)
         return
     body = SessionPredictRequest.model_validate(data)
-    result = await engine.session_predict(session_id, text=body.text, tokens=body.tokens, top_k=body.top_k,
-                                          expected_position=body.expected_position)
-    await websocket.send_json({"position": result.record.position,
-                               "next": [TokenProbability.of(t).model_dump() for t in result.next]})
+    result = await engine.session_predict(
+        session_id, text=body.text, tokens=body.tokens, top_k=body.top_k, expected_position=body.expected_position
+    )
+    await websocket.send_json(
+        {"position": result.record.position, "next": [TokenProbability.of(t).model_dump() for t in result.next]}
+    )
 
 
 def _disconnected(exc: BaseException) -> bool:

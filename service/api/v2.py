@@ -47,10 +47,10 @@ MAX_SEQUENCE_NAME = 256
 ModelName = Annotated[str, Path(max_length=256, description="The served model's name (GET /v1/model).")]
 Version = Annotated[str, Path(max_length=64, description="The model's version; only the served one exists.")]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "A malformed request, or a sequence that was never started: `{\"error\": \"...\"}`."},
-    404: {"description": "No such model or version: `{\"error\": \"...\"}`."},
+    400: {"description": 'A malformed request, or a sequence that was never started: `{"error": "..."}`.'},
+    404: {"description": 'No such model or version: `{"error": "..."}`.'},
     422: {"model": ErrorResponse, "description": "A path parameter out of bounds (name or version too long)."},
-    503: {"description": "Not ready, or draining: `{\"error\": \"...\"}`."},
+    503: {"description": 'Not ready, or draining: `{"error": "..."}`.'},
 }
 
 
@@ -75,8 +75,10 @@ def sequence_params(parameters: dict[str, Any]) -> SequenceParams | None:
     valid_int = isinstance(sequence_id, int) and not isinstance(sequence_id, bool) and 0 < sequence_id <= MAX_UINT64
     valid_str = isinstance(sequence_id, str) and len(sequence_id) <= MAX_SEQUENCE_NAME
     if not (valid_int or valid_str):
-        raise V2ProtocolError(f"parameters.sequence_id must be an unsigned 64-bit integer or a string of at most "
-                              f"{MAX_SEQUENCE_NAME} characters, got {sequence_id!r}")
+        raise V2ProtocolError(
+            f"parameters.sequence_id must be an unsigned 64-bit integer or a string of at most "
+            f"{MAX_SEQUENCE_NAME} characters, got {sequence_id!r}"
+        )
     return SequenceParams(sequence_id, start, end)
 
 
@@ -91,8 +93,9 @@ def input_rows(request: InferRequest) -> np.ndarray:
     if tensor.datatype != "INT64":
         raise V2ProtocolError(f"input {INPUT!r} must be INT64, got {tensor.datatype}")
     if len(tensor.shape) != 2 or 0 in tensor.shape:
-        raise V2ProtocolError(f"input {INPUT!r} must have shape [rows, tokens], each at least 1, "
-                              f"got {list(tensor.shape)}")
+        raise V2ProtocolError(
+            f"input {INPUT!r} must have shape [rows, tokens], each at least 1, got {list(tensor.shape)}"
+        )
     rows: np.ndarray = tensor.data.astype(np.int64, copy=False)
     return rows
 
@@ -159,8 +162,9 @@ async def model_metadata(name: ModelName, engine: EngineDep) -> dict[str, Any] |
 
 
 @router.get("/models/{name}/versions/{version}", response_model=None, responses=ERRORS)
-async def model_version_metadata(name: ModelName, version: Version,
-                                 engine: EngineDep) -> dict[str, Any] | ErrorJSONResponse:
+async def model_version_metadata(
+    name: ModelName, version: Version, engine: EngineDep
+) -> dict[str, Any] | ErrorJSONResponse:
     """The model's metadata, for its served version."""
     return _metadata(engine, name, version)
 
@@ -172,8 +176,9 @@ async def model_ready(name: ModelName, engine: EngineDep) -> dict[str, Any] | Er
 
 
 @router.get("/models/{name}/versions/{version}/ready", response_model=None, responses=ERRORS)
-async def model_version_ready(name: ModelName, version: Version,
-                              engine: EngineDep) -> dict[str, Any] | ErrorJSONResponse:
+async def model_version_ready(
+    name: ModelName, version: Version, engine: EngineDep
+) -> dict[str, Any] | ErrorJSONResponse:
     """200 when the model's served version can serve inferences."""
     return _model_ready(engine, name, version)
 
@@ -184,8 +189,9 @@ async def _infer(request: Request, engine: Engine, sequences: Sequences, name: s
         meta = served(engine, name, version)
         if request.headers.get("content-encoding", "identity").lower() != "identity":
             raise V2ProtocolError("compressed request bodies are not supported; send the body uncompressed")
-        parsed = parse_infer_request(await request.body(),
-                                     parse_header_length(request.headers.get(HEADER_LENGTH_HEADER)))
+        parsed = parse_infer_request(
+            await request.body(), parse_header_length(request.headers.get(HEADER_LENGTH_HEADER))
+        )
         names, binary = select_outputs(parsed, [OUTPUT])
         rows = input_rows(parsed)
         sequence = sequence_params(parsed.parameters)
@@ -196,8 +202,9 @@ async def _infer(request: Request, engine: Engine, sequences: Sequences, name: s
         else:
             caller = caller_of(request)  # two keys' sequence 1 are two sequences
             key = sequence_key(meta.name, sequence.id, caller)
-            logits = (await sequences.infer(key, sequence.id, rows[0], start=sequence.start, end=sequence.end,
-                                            owner=caller))[None]
+            logits = (
+                await sequences.infer(key, sequence.id, rows[0], start=sequence.start, end=sequence.end, owner=caller)
+            )[None]
         outputs = [(OUTPUT, "FP32", logits)] if OUTPUT in names else []
         body, header_length = encode_infer_response(meta.name, meta.version, parsed.id, outputs, binary)
     except (EngineError, V2ProtocolError) as exc:
@@ -208,8 +215,10 @@ async def _infer(request: Request, engine: Engine, sequences: Sequences, name: s
 
 
 INFER_DOC = {
-    200: {"description": "JSON, or with binary outputs `application/octet-stream`: the JSON header (its length in "
-                         "the Inference-Header-Content-Length header) followed by the raw tensors."},
+    200: {
+        "description": "JSON, or with binary outputs `application/octet-stream`: the JSON header (its length in "
+        "the Inference-Header-Content-Length header) followed by the raw tensors."
+    },
     **ERRORS,
 }
 
@@ -223,7 +232,8 @@ async def infer(name: ModelName, request: Request, engine: EngineDep, sequences:
 
 
 @router.post("/models/{name}/versions/{version}/infer", response_class=Response, responses=INFER_DOC)
-async def infer_version(name: ModelName, version: Version, request: Request, engine: EngineDep,
-                        sequences: SequencesDep) -> Response:
+async def infer_version(
+    name: ModelName, version: Version, request: Request, engine: EngineDep, sequences: SequencesDep
+) -> Response:
     """Inference on the model's served version (see the route without a version)."""
     return await _infer(request, engine, sequences, name, version)

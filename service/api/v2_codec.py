@@ -101,9 +101,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         header_bytes, payload = body, b""
     else:
         if header_length < 0 or header_length > len(body):
-            raise V2ProtocolError(
-                f"{HEADER_LENGTH_HEADER} is {header_length} but the body has only {len(body)} bytes"
-            )
+            raise V2ProtocolError(f"{HEADER_LENGTH_HEADER} is {header_length} but the body has only {len(body)} bytes")
         header_bytes, payload = body[:header_length], body[header_length:]
     header = _load_json_object(header_bytes)
 
@@ -153,8 +151,7 @@ def select_outputs(request: InferRequest, available: Sequence[str]) -> tuple[lis
     if unknown:
         raise V2ProtocolError(f"unknown output {unknown[0]!r}; the model has {', '.join(available)}")
     binary = {
-        o.name for o in request.outputs
-        if (o.binary_data if o.binary_data is not None else request.binary_data_output)
+        o.name for o in request.outputs if (o.binary_data if o.binary_data is not None else request.binary_data_output)
     }
     return [o.name for o in request.outputs], binary
 

@@ -46,8 +46,11 @@ def torch_model_from_onnx(path: Path) -> tuple[CharLSTM, CharTokenizer]:
     cfg: ModelConfig = meta.config
     hid = cfg.hidden_size
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    sd: dict[str, np.ndarray] = {"embed.weight": inits["embedding"], "head.weight": inits["head_w"].T,
-                                 "head.bias": inits["head_b"]}
+    sd: dict[str, np.ndarray] = {
+        "embed.weight": inits["embedding"],
+        "head.weight": inits["head_w"].T,
+        "head.bias": inits["head_b"],
+    }
     for i, node in enumerate(n for n in proto.graph.node if n.op_type == "LSTM"):
         w, r, b = (inits[node.input[k]][0] for k in (1, 2, 3))  # (4H, in), (4H, H), (8H,)
         sd[f"layers.{i}.weight_x"] = reorder_blocks(w, hid, TORCH_GATE_ORDER)
@@ -82,9 +85,14 @@ def create_app(model_path: Path) -> FastAPI:
             probs = torch.softmax(logits[0, -1].double(), dim=0)
             top = torch.topk(probs, min(top_k, probs.shape[0]))
         states[sid] = (h, c, position + ids.shape[1])
-        return {"session_id": sid, "position": position + ids.shape[1],
-                "next": [{"token": tokenizer.chars[i], "id": i, "prob": p}
-                         for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]}
+        return {
+            "session_id": sid,
+            "position": position + ids.shape[1],
+            "next": [
+                {"token": tokenizer.chars[i], "id": i, "prob": p}
+                for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+            ],
+        }
 
     @app.get("/readyz")
     async def readyz() -> dict[str, str]:
@@ -119,8 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     args = p.parse_args(argv)
-    uvicorn.run(create_app(args.model), host=args.host, port=args.port, loop="auto", http="auto", log_config=None,
-                access_log=False, lifespan="on")
+    uvicorn.run(
+        create_app(args.model),
+        host=args.host,
+        port=args.port,
+        loop="auto",
+        http="auto",
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
     return 0
 
 

@@ -16,8 +16,10 @@ from service.bench.plan import Plan
 from service.bench.servers import HOST, LoadProcess, Server
 
 # Text the sessions start from and the characters users type, kept to what the model's vocabulary has.
-PREFIX = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
-          "Arise, fair sun, and kill the envious moon,\nWho is already sick and pale with grief,\n")
+PREFIX = (
+    "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
+    "Arise, fair sun, and kill the envious moon,\nWho is already sick and pale with grief,\n"
+)
 TYPED = "etaoinshrdlucmfwypvbgk ETAOINSHRD,.;:!?\n"
 
 
@@ -71,9 +73,20 @@ class Context:
     def job(self, kind: str, target: str, concurrency: int = 1, **extra: Any) -> dict[str, Any]:
         t = self.targets[target]
         p = self.plan
-        return {"kind": kind, "host": t.host, "port": t.port, "concurrency": concurrency, "seed": self.seed,
-                "warmup_s": p.warmup_s, "duration_s": p.duration_s, "max_requests": p.max_requests,
-                "alphabet": self.alphabet, "prefix": self.prefix, "max_tokens": p.stream_tokens, **extra}
+        return {
+            "kind": kind,
+            "host": t.host,
+            "port": t.port,
+            "concurrency": concurrency,
+            "seed": self.seed,
+            "warmup_s": p.warmup_s,
+            "duration_s": p.duration_s,
+            "max_requests": p.max_requests,
+            "alphabet": self.alphabet,
+            "prefix": self.prefix,
+            "max_tokens": p.stream_tokens,
+            **extra,
+        }
 
     def point(self, kind: str, target: str, concurrency: int = 1, **extra: Any) -> dict[str, Any]:
         """Run one load job against `target`; the result carries the server's CPU use over the job (in cores)
@@ -112,6 +125,7 @@ def scrape(t: Target) -> dict[str, float]:
 
 def inside(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Per-point means from metric deltas: ORT time per run, items per batch, queue wait."""
+
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 

@@ -28,9 +28,11 @@ def _inside(p: dict[str, Any], raw_ms: float) -> str:
     ins = p.get("inside")
     if not ins or "ort_ms_per_run" not in ins:
         return ""
-    return (f" Inside the server (its /metrics over the point): {ins.get('mean_batch', 0):.1f} items per batch, "
-            f"ONNX Runtime {ins['ort_ms_per_run']:.2f} ms per run against {raw_ms:.2f} ms raw, queue wait "
-            f"{ins.get('queue_wait_ms', 0):.2f} ms.")
+    return (
+        f" Inside the server (its /metrics over the point): {ins.get('mean_batch', 0):.1f} items per batch, "
+        f"ONNX Runtime {ins['ort_ms_per_run']:.2f} ms per run against {raw_ms:.2f} ms raw, queue wait "
+        f"{ins.get('queue_wait_ms', 0):.2f} ms."
+    )
 
 
 def _served_step(results: dict[str, Any], section: str, c: int, rate_key: str) -> str:
@@ -41,10 +43,12 @@ def _served_step(results: dict[str, Any], section: str, c: int, rate_key: str) -
         return ""
     served_ms = c / p[rate_key] * 1000  # time per round in which each of c users gets one token
     extra = served_ms - lim["step_ms"]
-    return (f"At {c}: raw ONNX Runtime takes {lim['step_ms']:.2f} ms per step of batch {c}; served, a round of one "
-            f"token for each of the {c} users takes {served_ms:.2f} ms, so the service adds {extra:.2f} ms per round "
-            f"({extra / c * 1000:.0f} µs per token) for HTTP, SSE framing, queueing, state gather/scatter and "
-            f"sampling; {_cpu(p)}.{_inside(p, lim['step_ms'])}")
+    return (
+        f"At {c}: raw ONNX Runtime takes {lim['step_ms']:.2f} ms per step of batch {c}; served, a round of one "
+        f"token for each of the {c} users takes {served_ms:.2f} ms, so the service adds {extra:.2f} ms per round "
+        f"({extra / c * 1000:.0f} µs per token) for HTTP, SSE framing, queueing, state gather/scatter and "
+        f"sampling; {_cpu(p)}.{_inside(p, lim['step_ms'])}"
+    )
 
 
 def why(target: dict[str, Any], results: dict[str, Any], compare_at: int) -> str:
@@ -56,11 +60,12 @@ def why(target: dict[str, Any], results: dict[str, Any], compare_at: int) -> str
     if name == "batching_speedup":
         if lim1 and lim64:
             ceiling = lim64["tokens_per_s"] / lim1["tokens_per_s"]
-            return (f"Raw ONNX Runtime itself gives only {ceiling:.1f}x the tokens/s at batch {compare_at} "
-                    f"({lim64['tokens_per_s']:.0f}/s) as at batch 1 ({lim1['tokens_per_s']:.0f}/s) on one CPU thread: "
-                    "the LSTM step is compute-bound once batched, so batching cannot buy more than that ceiling plus "
-                    "the per-step overhead it shares out. " + _served_step(results, "stream", compare_at,
-                                                                           "tokens_per_s"))
+            return (
+                f"Raw ONNX Runtime itself gives only {ceiling:.1f}x the tokens/s at batch {compare_at} "
+                f"({lim64['tokens_per_s']:.0f}/s) as at batch 1 ({lim1['tokens_per_s']:.0f}/s) on one CPU thread: "
+                "the LSTM step is compute-bound once batched, so batching cannot buy more than that ceiling plus "
+                "the per-step overhead it shares out. " + _served_step(results, "stream", compare_at, "tokens_per_s")
+            )
         return ""
     if name.startswith("predict_p50"):
         c = int(name.rsplit("_", 1)[1])
@@ -72,24 +77,32 @@ def why(target: dict[str, Any], results: dict[str, Any], compare_at: int) -> str
         raw = f"; the raw step at batch {c} alone is {step['step_ms']:.2f} ms" if step else ""
         noop_p50 = b["latency_ms"]["p50"]
         if step and step["step_ms"] >= target["bound"] * noop_p50:
-            raw += (f", already {step['step_ms'] / noop_p50:.1f}x the no-op's whole p50: no server that runs the "
-                    f"model once per request can meet {target['bound']:g}x here, since the model step alone exceeds it")
-        return (f"The product's p50 is {extra:.2f} ms above the no-op route's{raw}. The remainder is the engine's "
-                f"own per-request work (session lock, batch queue and worker-thread hop, top-k, response model, "
-                f"request log line); {_cpu(a)}.{_inside(a, step['step_ms']) if step else ''}")
+            raw += (
+                f", already {step['step_ms'] / noop_p50:.1f}x the no-op's whole p50: no server that runs the "
+                f"model once per request can meet {target['bound']:g}x here, since the model step alone exceeds it"
+            )
+        return (
+            f"The product's p50 is {extra:.2f} ms above the no-op route's{raw}. The remainder is the engine's "
+            f"own per-request work (session lock, batch queue and worker-thread hop, top-k, response model, "
+            f"request log line); {_cpu(a)}.{_inside(a, step['step_ms']) if step else ''}"
+        )
     if name.startswith("vs_torch"):
         a, t = _point(results, "predict", "main", compare_at), _point(results, "predict", "torch", compare_at)
         if not a or not t:
             return ""
-        return (f"PyTorch: {t['throughput']:.0f} requests/s using {t.get('server_cpu_cores', 0):.2f} cores; "
-                f"lstm-serve: {a['throughput']:.0f} requests/s using {a.get('server_cpu_cores', 0):.2f} cores. "
-                "Both servers are bound by one core of Python per request on this 2-core machine shared with the "
-                "load process; batching saves ONNX Runtime time, not the per-request HTTP and Python cost.")
+        return (
+            f"PyTorch: {t['throughput']:.0f} requests/s using {t.get('server_cpu_cores', 0):.2f} cores; "
+            f"lstm-serve: {a['throughput']:.0f} requests/s using {a.get('server_cpu_cores', 0):.2f} cores. "
+            "Both servers are bound by one core of Python per request on this 2-core machine shared with the "
+            "load process; batching saves ONNX Runtime time, not the per-request HTTP and Python cost."
+        )
     if name == "step_cost":
         rows = results.get("steps", {}).get("stateful", [])
         spread = ", ".join(f"p90 {r['latency_ms']['p90']:.2f} ms at {r['position']:,}" for r in rows if r["latency_ms"])
-        return ("The state is the same size at every position, so the step is the same work; the difference is "
-                f"noise of a shared machine ({spread}).")
+        return (
+            "The state is the same size at every position, so the step is the same work; the difference is "
+            f"noise of a shared machine ({spread})."
+        )
     if name == "memory":
         return str(target.get("detail", ""))
     return ""

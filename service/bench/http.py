@@ -112,8 +112,9 @@ class HttpxConnection:
     def __init__(self, host: str, port: int) -> None:
         import httpx
 
-        self._client = httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=60.0,
-                                         limits=httpx.Limits(max_connections=1))
+        self._client = httpx.AsyncClient(
+            base_url=f"http://{host}:{port}", timeout=60.0, limits=httpx.Limits(max_connections=1)
+        )
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -33,12 +33,17 @@ def timed(fn: Callable[[], object], budget_s: float, min_calls: int = 5) -> list
 
 def step_stats(times: Sequence[float], rows: int) -> dict[str, float]:
     med = float(np.median(times))
-    return {"step_ms": med * 1000, "mean_ms": float(np.mean(times)) * 1000, "tokens_per_s": rows / med,
-            "calls": len(times)}
+    return {
+        "step_ms": med * 1000,
+        "mean_ms": float(np.mean(times)) * 1000,
+        "tokens_per_s": rows / med,
+        "calls": len(times),
+    }
 
 
-def cpu_limit(model: Path, batches: Sequence[int], budget_s: float, intra_op_threads: int = 1,
-              prompt_chars: int = 1000) -> dict[str, Any]:
+def cpu_limit(
+    model: Path, batches: Sequence[int], budget_s: float, intra_op_threads: int = 1, prompt_chars: int = 1000
+) -> dict[str, Any]:
     """Step time at each batch size and one prompt of `prompt_chars` characters in one call."""
     rt = OnnxRuntime(model, "cpu", intra_op_threads=intra_op_threads)
     rng = np.random.default_rng(0)
@@ -59,8 +64,13 @@ def cpu_limit(model: Path, batches: Sequence[int], budget_s: float, intra_op_thr
         rt.run(ids, zeros, zeros)
         times = timed(lambda: rt.run(ids, zeros, zeros), budget_s, min_calls=3)
         med = float(np.median(times))
-        out["prompt"] = {"chars": prompt_chars, "ms": med * 1000, "chars_per_s": prompt_chars / med,
-                         "per_char_us": med / prompt_chars * 1e6, "calls": len(times)}
+        out["prompt"] = {
+            "chars": prompt_chars,
+            "ms": med * 1000,
+            "chars_per_s": prompt_chars / med,
+            "per_char_us": med / prompt_chars * 1e6,
+            "calls": len(times),
+        }
     return out
 
 
@@ -91,8 +101,9 @@ def gpu_limit(model: Path, batches: Sequence[int], budget_s: float) -> dict[str,
         def plain(ids: np.ndarray = ids, host: list[np.ndarray] = host) -> None:
             _, host[0], host[1] = sess.run(None, {"input_ids": ids, "h0": host[0], "c0": host[1]})
 
-        dev = [ort.OrtValue.ortvalue_from_numpy(np.zeros((layers, b, hidden), np.float32), "cuda", 0)
-               for _ in range(4)]  # h, c in; hn, cn out: swapped after every step
+        dev = [
+            ort.OrtValue.ortvalue_from_numpy(np.zeros((layers, b, hidden), np.float32), "cuda", 0) for _ in range(4)
+        ]  # h, c in; hn, cn out: swapped after every step
         binding = sess.io_binding()
 
         def bound(ids: np.ndarray = ids, dev: list[ort.OrtValue] = dev, binding: ort.IOBinding = binding) -> None:
@@ -116,6 +127,13 @@ def gpu_limit(model: Path, batches: Sequence[int], budget_s: float) -> dict[str,
             dev[0].numpy(), dev[1].numpy()
 
         copy = timed(download, budget_s / 4)
-        rows.append({"batch": b, "plain": p, "io_binding": q, "speedup": p["step_ms"] / q["step_ms"],
-                     "state_download_ms": float(np.median(copy)) * 1000})
+        rows.append(
+            {
+                "batch": b,
+                "plain": p,
+                "io_binding": q,
+                "speedup": p["step_ms"] / q["step_ms"],
+                "state_download_ms": float(np.median(copy)) * 1000,
+            }
+        )
     return {"status": "ok", "device": ort.get_device(), "batches": rows}

@@ -127,8 +127,12 @@ class User:
     async def generate(self, window: Window, stats: StreamStats) -> None:
         assert self.conn is not None
         self.generations += 1
-        body = {"max_tokens": self.job["max_tokens"], "temperature": 0.8, "stream": True,
-                "seed": self.job["seed"] * 7919 + self.index * 100_003 + self.generations}
+        body = {
+            "max_tokens": self.job["max_tokens"],
+            "temperature": 0.8,
+            "stream": True,
+            "seed": self.job["seed"] * 7919 + self.index * 100_003 + self.generations,
+        }
         t0 = time.perf_counter()
         assert isinstance(self.conn, Connection)  # streams use the raw client only
         status, pieces = await self.conn.stream(f"/v1/sessions/{self.session}/generate", body)
@@ -162,8 +166,9 @@ class User:
         stats.streams += 1
 
 
-async def run_closed_loop(users: list[User], op: Callable[[User], Awaitable[None]], job: dict[str, Any],
-                          window: Window) -> None:
+async def run_closed_loop(
+    users: list[User], op: Callable[[User], Awaitable[None]], job: dict[str, Any], window: Window
+) -> None:
     """Every user loops `op` until the window ends (or max_requests); the window opens after a warm-up."""
 
     async def loop(user: User) -> None:
@@ -211,8 +216,10 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
         await asyncio.gather(*(set_up(u) for u in users))
         ops: dict[str, Callable[[User], Awaitable[None]]] = {
-            "predict": User.predict, "resend": User.resend,
-            "stream": lambda u: u.generate(window, stats)}
+            "predict": User.predict,
+            "resend": User.resend,
+            "stream": lambda u: u.generate(window, stats),
+        }
         await run_closed_loop(users, ops[kind], job, window)
     except EndpointMissing as exc:
         return {"kind": kind, "concurrency": job["concurrency"], "status": f"not run: endpoint missing ({exc})"}
@@ -220,14 +227,23 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
         await asyncio.gather(*(u.teardown(reconnect=u.cut) for u in users), return_exceptions=True)
     elapsed = window.end - window.start
     out: dict[str, Any] = {
-        "kind": kind, "concurrency": job["concurrency"], "duration_s": elapsed, "completed": window.completed,
-        "errors": window.errors, "first_error": window.first_error,
-        "throughput": window.completed / elapsed, "latency_ms": summary_ms(window.latencies),
+        "kind": kind,
+        "concurrency": job["concurrency"],
+        "duration_s": elapsed,
+        "completed": window.completed,
+        "errors": window.errors,
+        "first_error": window.first_error,
+        "throughput": window.completed / elapsed,
+        "latency_ms": summary_ms(window.latencies),
         "load_cpu_share": (time.process_time() - cpu0) / (elapsed + job["warmup_s"]),
     }
     if kind == "stream":
-        out.update(tokens_per_s=stats.tokens_in_window / elapsed, streams=stats.streams,
-                   ttft_ms=summary_ms(stats.ttft), itl_ms=summary_ms(stats.gaps))
+        out.update(
+            tokens_per_s=stats.tokens_in_window / elapsed,
+            streams=stats.streams,
+            ttft_ms=summary_ms(stats.ttft),
+            itl_ms=summary_ms(stats.gaps),
+        )
     if kind == "resend":
         out["mean_text_length"] = float(np.mean([len(u.text) for u in users]))
     return out
@@ -249,8 +265,9 @@ async def run_steps(job: dict[str, Any]) -> dict[str, Any]:
             left = position
             while left > 0:  # big pieces: reaching position 100,000 takes 100 requests, not 100,000
                 n = min(left, job["chunk"])
-                await conn.json("POST", f"/v1/sessions/{sid}/predict",
-                                {"text": "".join(rng.choice(alphabet) for _ in range(n))})
+                await conn.json(
+                    "POST", f"/v1/sessions/{sid}/predict", {"text": "".join(rng.choice(alphabet) for _ in range(n))}
+                )
                 left -= n
             feed_s[position] = time.perf_counter() - t0
             sessions[position] = sid
@@ -267,9 +284,11 @@ async def run_steps(job: dict[str, Any]) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 await conn.json("POST", "/v1/predict", {"text": text})
                 resend[n].append(time.perf_counter() - t0)
-        return {"kind": "steps",
-                "stateful": [{"position": p, "feed_s": feed_s[p], "latency_ms": summary_ms(v)} for p, v in lat.items()],
-                "resend": [{"length": n, "latency_ms": summary_ms(v)} for n, v in resend.items()]}
+        return {
+            "kind": "steps",
+            "stateful": [{"position": p, "feed_s": feed_s[p], "latency_ms": summary_ms(v)} for p, v in lat.items()],
+            "resend": [{"length": n, "latency_ms": summary_ms(v)} for n, v in resend.items()],
+        }
     finally:
         for sid in sessions.values():
             await conn.request("DELETE", f"/v1/sessions/{sid}")
@@ -294,8 +313,11 @@ def main() -> int:
             with _runner() as runner:
                 result = runner.run(run_job(job))
         except Exception as exc:  # reported to the runner, which records the point as failed
-            result = {"kind": job.get("kind"), "concurrency": job.get("concurrency"),
-                      "status": f"failed: {type(exc).__name__}: {exc}"}
+            result = {
+                "kind": job.get("kind"),
+                "concurrency": job.get("concurrency"),
+                "status": f"failed: {type(exc).__name__}: {exc}",
+            }
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()
     return 0

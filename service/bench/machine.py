@@ -15,9 +15,19 @@ import psutil
 
 from model.machine import cpu_model
 
-PACKAGES = ("onnxruntime", "onnxruntime-gpu", "numpy", "fastapi", "starlette", "pydantic", "uvicorn", "uvloop",
-            "httptools", "orjson", "torch")
-
+PACKAGES = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "numpy",
+    "fastapi",
+    "starlette",
+    "pydantic",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "orjson",
+    "torch",
+)
 
 
 def _version(name: str) -> str | None:
@@ -44,15 +54,19 @@ def machine_info(probe_s: float = 1.0) -> dict[str, Any]:
     }
 
 
-SPIN = ("import json, time\nt = time.perf_counter(); c = time.process_time()\n"
-        "while time.perf_counter() - t < {s}: pass\n"
-        "print(json.dumps((time.process_time() - c) / (time.perf_counter() - t)))")
+SPIN = (
+    "import json, time\nt = time.perf_counter(); c = time.process_time()\n"
+    "while time.perf_counter() - t < {s}: pass\n"
+    "print(json.dumps((time.process_time() - c) / (time.perf_counter() - t)))"
+)
 
 
 def cpu_available(seconds: float = 1.0) -> float:
     """Cores this run can actually get now: one spinning process per core, their CPU shares summed. On a machine
     shared with other work it says how much of it the benchmark had (2.0 = all of a 2-core machine)."""
     n = os.cpu_count() or 1
-    procs = [subprocess.Popen([sys.executable, "-c", SPIN.format(s=seconds)], stdout=subprocess.PIPE, text=True)
-             for _ in range(n)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SPIN.format(s=seconds)], stdout=subprocess.PIPE, text=True)
+        for _ in range(n)
+    ]
     return round(sum(float(json.loads(p.communicate()[0])) for p in procs), 2)

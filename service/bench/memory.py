@@ -32,8 +32,13 @@ async def fill(store: MemoryStateStore, n: int, rng: np.random.Generator) -> Non
     for start in range(0, n, CHUNK):
         records = [await store.create(ttl_s=3600.0) for _ in range(min(CHUNK, n - start))]
         shape = (store.layers, len(records), store.hidden)  # (L, n, H)
-        await store.save_many([r.session_id for r in records], rng.random(shape, dtype=np.float32),
-                              rng.random(shape, dtype=np.float32), [1] * len(records), [r.version for r in records])
+        await store.save_many(
+            [r.session_id for r in records],
+            rng.random(shape, dtype=np.float32),
+            rng.random(shape, dtype=np.float32),
+            [1] * len(records),
+            [r.version for r in records],
+        )
 
 
 def measure(model: Path, sessions: int) -> dict[str, Any]:
@@ -47,11 +52,18 @@ def measure(model: Path, sessions: int) -> dict[str, Any]:
     gc.collect()
     after = int(proc.memory_info().rss)
     raw_per_session = rt.layers * 2 * rt.hidden * 4  # h and C, float32
-    return {"sessions": sessions, "rss_before": before, "rss_after": after, "growth": after - before,
-            "raw_state": sessions * raw_per_session, "raw_per_session": raw_per_session,
-            "growth_per_session": (after - before) / sessions,
-            "growth_over_raw": (after - before) / (sessions * raw_per_session),
-            "store_array_bytes": store.nbytes, "fill_s": time.perf_counter() - t0}
+    return {
+        "sessions": sessions,
+        "rss_before": before,
+        "rss_after": after,
+        "growth": after - before,
+        "raw_state": sessions * raw_per_session,
+        "raw_per_session": raw_per_session,
+        "growth_per_session": (after - before) / sessions,
+        "growth_over_raw": (after - before) / (sessions * raw_per_session),
+        "store_array_bytes": store.nbytes,
+        "fill_s": time.perf_counter() - t0,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,8 +15,12 @@ import uvicorn
 from fastapi import FastAPI, Response
 from pydantic import BaseModel
 
-ANSWER = {"session_id": "noop", "position": 1, "expires_at": "2030-01-01T00:00:00Z",
-          "next": [{"token": "e", "id": 7, "prob": 0.5}]}
+ANSWER = {
+    "session_id": "noop",
+    "position": 1,
+    "expires_at": "2030-01-01T00:00:00Z",
+    "next": [{"token": "e", "id": 7, "prob": 0.5}],
+}
 
 
 class Body(BaseModel):
@@ -52,8 +56,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     args = p.parse_args(argv)
     # The product's uvicorn options (service/shutdown.py): uvloop and httptools when installed, no access log.
-    uvicorn.run(create_app(), host=args.host, port=args.port, loop="auto", http="auto", log_config=None,
-                access_log=False, lifespan="on")
+    uvicorn.run(
+        create_app(),
+        host=args.host,
+        port=args.port,
+        loop="auto",
+        http="auto",
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
     return 0
 
 

@@ -21,13 +21,17 @@ from service.bench.limit import cpu_limit, step_stats, timed
 
 # (what, before, after, server before, server after, load kinds): each pair differs in that one thing only.
 PAIRS = (
-    ("event loop and HTTP parser", "asyncio + h11", "uvloop + httptools (the product's)", "h11", "main",
-     ("predict",)),
+    ("event loop and HTTP parser", "asyncio + h11", "uvloop + httptools (the product's)", "h11", "main", ("predict",)),
     ("per-request log line", "log level INFO (default)", "log level WARNING", "main", "quiet", ("predict",)),
-    ("GIL switch interval", "5 ms (CPython's default)", "0.5 ms (the product's)", "switch", "main",
-     ("predict", "stream")),
-    ("FastAPI's native telemetry check", "on (FastAPI's default)", "off (the product's)", "otel", "main",
-     ("predict",)),
+    (
+        "GIL switch interval",
+        "5 ms (CPython's default)",
+        "0.5 ms (the product's)",
+        "switch",
+        "main",
+        ("predict", "stream"),
+    ),
+    ("FastAPI's native telemetry check", "on (FastAPI's default)", "off (the product's)", "otel", "main", ("predict",)),
     ("load client", "httpx.AsyncClient", "lean asyncio client (the bench's)", "noop", "noop", ("predict",)),
 )
 
@@ -44,17 +48,28 @@ def server_pairs(ctx: Context) -> list[dict[str, Any]]:
             for c in cs:
                 a = ctx.point(kind, server_a, c, **extra_a)
                 b = ctx.point(kind, server_b, c)
-                points.append({"kind": kind, "concurrency": c, "before": _fig(a), "after": _fig(b),
-                               "throughput_ratio": _ratio(b, a)})
+                points.append(
+                    {
+                        "kind": kind,
+                        "concurrency": c,
+                        "before": _fig(a),
+                        "after": _fig(b),
+                        "throughput_ratio": _ratio(b, a),
+                    }
+                )
         out.append({"what": title, "before": before, "after": after, "points": points})
     return out
 
 
 def _fig(p: dict[str, Any]) -> dict[str, Any]:
     lat = p.get("itl_ms") or p.get("latency_ms", {})  # streams: inter-token latency
-    return {"throughput": p.get("tokens_per_s") or p.get("throughput"), "p50_ms": lat.get("p50"),
-            "p99_ms": lat.get("p99"), "server_cpu_cores": p.get("server_cpu_cores"),
-            "load_cpu_share": p.get("load_cpu_share")}
+    return {
+        "throughput": p.get("tokens_per_s") or p.get("throughput"),
+        "p50_ms": lat.get("p50"),
+        "p99_ms": lat.get("p99"),
+        "server_cpu_cores": p.get("server_cpu_cores"),
+        "load_cpu_share": p.get("load_cpu_share"),
+    }
 
 
 def _ratio(after: dict[str, Any], before: dict[str, Any]) -> float | None:
@@ -66,10 +81,20 @@ def ort_threads(ctx: Context) -> dict[str, Any]:
     batches = sorted({1, ctx.plan.compare_at, max(ctx.plan.limit_batches)})
     one = cpu_limit(ctx.model, batches, ctx.plan.limit_budget_s, intra_op_threads=1, prompt_chars=0)
     two = cpu_limit(ctx.model, batches, ctx.plan.limit_budget_s, intra_op_threads=2, prompt_chars=0)
-    return {"what": "ONNX Runtime intra-op threads", "before": "1 (the product's default)", "after": "2",
-            "points": [{"batch": a["batch"], "before_ms": a["step_ms"], "after_ms": b["step_ms"],
-                        "speedup": a["step_ms"] / b["step_ms"]} for a, b in zip(one["batches"], two["batches"],
-                                                                               strict=True)]}
+    return {
+        "what": "ONNX Runtime intra-op threads",
+        "before": "1 (the product's default)",
+        "after": "2",
+        "points": [
+            {
+                "batch": a["batch"],
+                "before_ms": a["step_ms"],
+                "after_ms": b["step_ms"],
+                "speedup": a["step_ms"] / b["step_ms"],
+            }
+            for a, b in zip(one["batches"], two["batches"], strict=True)
+        ],
+    }
 
 
 def _us(fn: Callable[[], object], budget_s: float) -> float:
@@ -93,25 +118,50 @@ def micro(ctx: Context) -> list[dict[str, Any]]:
     rows = [SamplingBatch.from_rows([0.8], [0], [0.95], [i], [1]) for i in range(b)]
     vec = _us(lambda: sample(logits, batch), budget)
     loop = _us(lambda: [sample(logits[i : i + 1], rows[i]) for i in range(b)], budget)
-    out: list[dict[str, Any]] = [{"what": f"sampling {b} streams' next tokens", "before": "one call per row",
-                                  "after": "one vectorised call (the product's)", "before_us": loop, "after_us": vec,
-                                  "speedup": loop / vec}]
+    out: list[dict[str, Any]] = [
+        {
+            "what": f"sampling {b} streams' next tokens",
+            "before": "one call per row",
+            "after": "one vectorised call (the product's)",
+            "before_us": loop,
+            "after_us": vec,
+            "speedup": loop / vec,
+        }
+    ]
     tok = ctx.meta.tokenizer
     nxt = top_k(logits[0], 5, tok)
     out.append({"what": "top-5 of one row (per predict request)", "us": _us(lambda: top_k(logits[0], 5, tok), budget)})
 
     def pydantic_body() -> bytes:
-        r = SessionPredictResponse(session_id="q3Jx0b1s8T1nZq4lJYd2xA", position=17, expires_at=utc(2e9),
-                                   next=[TokenProbability.of(t) for t in nxt])
+        r = SessionPredictResponse(
+            session_id="q3Jx0b1s8T1nZq4lJYd2xA",
+            position=17,
+            expires_at=utc(2e9),
+            next=[TokenProbability.of(t) for t in nxt],
+        )
         return json.dumps(r.model_dump(mode="json")).encode()
 
     def orjson_body() -> bytes:
-        return orjson.dumps({"session_id": "q3Jx0b1s8T1nZq4lJYd2xA", "position": 17, "expires_at": utc(2e9),
-                             "next": [{"token": t.token, "id": t.id, "prob": t.prob} for t in nxt]})
+        return orjson.dumps(
+            {
+                "session_id": "q3Jx0b1s8T1nZq4lJYd2xA",
+                "position": 17,
+                "expires_at": utc(2e9),
+                "next": [{"token": t.token, "id": t.id, "prob": t.prob} for t in nxt],
+            }
+        )
 
     before, after = _us(pydantic_body, budget), _us(orjson_body, budget)
-    out.append({"what": "predict response body", "before": "pydantic model + json.dumps",
-                "after": "dict + orjson", "before_us": before, "after_us": after, "speedup": before / after})
+    out.append(
+        {
+            "what": "predict response body",
+            "before": "pydantic model + json.dumps",
+            "after": "dict + orjson",
+            "before_us": before,
+            "after_us": after,
+            "speedup": before / after,
+        }
+    )
     out.append(_state_copies(rt, b, budget, MemoryStateStore))
     return out
 
@@ -137,8 +187,12 @@ def _state_copies(rt: Any, b: int, budget: float, store_cls: Any) -> dict[str, A
     state = [np.zeros((rt.layers, b, rt.hidden), dtype=np.float32)] * 2
     ids_arr = np.zeros((b, 1), dtype=np.int64)
     step = step_stats(timed(lambda: rt.run(ids_arr, state[0], state[1]), budget), b)["step_ms"] * 1000
-    return {"what": f"state gather + scatter for a batch of {b}", "us": copies, "step_us": step,
-            "share_of_step": copies / step}
+    return {
+        "what": f"state gather + scatter for a batch of {b}",
+        "us": copies,
+        "step_us": step,
+        "share_of_step": copies / step,
+    }
 
 
 def scenario_optimisations(ctx: Context) -> dict[str, Any]:

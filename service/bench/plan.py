@@ -28,12 +28,38 @@ class Plan:
         return asdict(self)
 
 
-FULL = Plan(short=False, concurrencies=(1, 16, 64, 256), compare_at=64,
-            limit_batches=(1, 2, 4, 8, 16, 32, 64, 128, 256), limit_budget_s=1.0, warmup_s=1.0, duration_s=6.0,
-            max_requests=100_000, stream_tokens=100, prefix_chars=200, memory_sessions=(10_000, 100_000),
-            positions=(10, 1_000, 100_000), resend_lengths=(10, 1_000, 10_000), step_rounds=200, profile_s=5.0)
+FULL = Plan(
+    short=False,
+    concurrencies=(1, 16, 64, 256),
+    compare_at=64,
+    limit_batches=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    limit_budget_s=1.0,
+    warmup_s=1.0,
+    duration_s=6.0,
+    max_requests=100_000,
+    stream_tokens=100,
+    prefix_chars=200,
+    memory_sessions=(10_000, 100_000),
+    positions=(10, 1_000, 100_000),
+    resend_lengths=(10, 1_000, 10_000),
+    step_rounds=200,
+    profile_s=5.0,
+)
 
-SHORT = Plan(short=True, concurrencies=(1, 16), compare_at=16, limit_batches=(1, 16), limit_budget_s=0.1,
-             warmup_s=0.1, duration_s=0.5, max_requests=2_000, stream_tokens=8, prefix_chars=20,
-             memory_sessions=(1_000, 10_000), positions=(10, 1_000), resend_lengths=(10, 1_000), step_rounds=10,
-             profile_s=1.0)
+SHORT = Plan(
+    short=True,
+    concurrencies=(1, 16),
+    compare_at=16,
+    limit_batches=(1, 16),
+    limit_budget_s=0.1,
+    warmup_s=0.1,
+    duration_s=0.5,
+    max_requests=2_000,
+    stream_tokens=8,
+    prefix_chars=20,
+    memory_sessions=(1_000, 10_000),
+    positions=(10, 1_000),
+    resend_lengths=(10, 1_000),
+    step_rounds=10,
+    profile_s=1.0,
+)

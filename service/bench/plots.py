@@ -12,8 +12,12 @@ matplotlib.use("Agg")  # no display: the bench runs in terminals and CI
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-LABELS = {"main": "lstm-serve (batching on)", "off": "batching off (max batch 1)", "noop": "no-op FastAPI route",
-          "torch": "PyTorch eager baseline"}
+LABELS = {
+    "main": "lstm-serve (batching on)",
+    "off": "batching off (max batch 1)",
+    "noop": "no-op FastAPI route",
+    "torch": "PyTorch eager baseline",
+}
 STYLE = {"main": "C0", "off": "C1", "noop": "C7", "torch": "C3"}
 
 
@@ -43,10 +47,12 @@ def plot_predict(predict: dict[str, Any], out: Path) -> str:
             continue
         xs = sorted(set(xs) | set(_xs(points)))
         left.plot(_xs(points), [p["throughput"] for p in points], "o-", color=STYLE[name], label=LABELS[name])
-        right.plot(_xs(points), [p["latency_ms"]["p50"] for p in points], "o-", color=STYLE[name],
-                   label=f"{LABELS[name]} p50")
-        right.plot(_xs(points), [p["latency_ms"]["p99"] for p in points], "x--", color=STYLE[name],
-                   label=f"{LABELS[name]} p99")
+        right.plot(
+            _xs(points), [p["latency_ms"]["p50"] for p in points], "o-", color=STYLE[name], label=f"{LABELS[name]} p50"
+        )
+        right.plot(
+            _xs(points), [p["latency_ms"]["p99"] for p in points], "x--", color=STYLE[name], label=f"{LABELS[name]} p99"
+        )
     left.set(title="Session predict: throughput", xlabel="concurrent sessions", ylabel="requests / s")
     right.set(title="Session predict: latency", xlabel="concurrent sessions", ylabel="ms (log)", yscale="log")
     for ax in (left, right):
@@ -66,20 +72,31 @@ def plot_stream(stream: dict[str, Any], limit: dict[str, Any], out: Path) -> str
         xs = sorted(set(xs) | set(_xs(points)))
         left.plot(_xs(points), [p["tokens_per_s"] for p in points], "o-", color=STYLE[name], label=LABELS[name])
         if name == "main":
-            for key, stat, style, color, label in (("ttft_ms", "p50", "o-", "C2", "TTFT p50"),
-                                                   ("itl_ms", "p50", "o-", STYLE[name], "inter-token p50"),
-                                                   ("itl_ms", "p99", "x--", STYLE[name], "inter-token p99")):
+            for key, stat, style, color, label in (
+                ("ttft_ms", "p50", "o-", "C2", "TTFT p50"),
+                ("itl_ms", "p50", "o-", STYLE[name], "inter-token p50"),
+                ("itl_ms", "p99", "x--", STYLE[name], "inter-token p99"),
+            ):
                 # A point whose streams all outlasted the window has no latency figures.
                 timed = [p for p in points if p[key].get(stat)]
                 if timed:
                     right.plot(_xs(timed), [p[key][stat] for p in timed], style, color=color, label=label)
     rows = [r for r in limit.get("batches", []) if not xs or r["batch"] <= max(xs)]
     if rows:
-        left.plot(_xs(rows, "batch"), [r["tokens_per_s"] for r in rows], "s:", color="k",
-                  label="raw ONNX Runtime limit (batch = streams)")
+        left.plot(
+            _xs(rows, "batch"),
+            [r["tokens_per_s"] for r in rows],
+            "s:",
+            color="k",
+            label="raw ONNX Runtime limit (batch = streams)",
+        )
         xs = sorted(set(xs) | set(_xs(rows, "batch")))
-    left.set(title="Streaming generation: aggregate tokens/s", xlabel="concurrent streams (batch)",
-             ylabel="tokens / s (log)", yscale="log")
+    left.set(
+        title="Streaming generation: aggregate tokens/s",
+        xlabel="concurrent streams (batch)",
+        ylabel="tokens / s (log)",
+        yscale="log",
+    )
     right.set(title="Streaming generation: latency (batching on)", xlabel="concurrent streams", ylabel="ms (log)")
     if right.lines:
         right.set_yscale("log")
@@ -97,8 +114,13 @@ def plot_memory(memory: dict[str, Any], out: Path) -> str:
     ax.plot(ns, [p["rss_after"] / mb for p in points], "o-", label="process RSS (model loaded + store)")
     ax.plot(ns, [p["growth"] / mb for p in points], "o-", label="RSS growth from the sessions")
     ax.plot(ns, [p["raw_state"] / mb for p in points], "s:", color="k", label="raw state (layers x 2 x hidden x 4 B)")
-    ax.plot(ns, [(1.5 * p["raw_state"] + 300 * mb) / mb for p in points], "--", color="C3",
-            label="target: 1.5x raw + 300 MB")
+    ax.plot(
+        ns,
+        [(1.5 * p["raw_state"] + 300 * mb) / mb for p in points],
+        "--",
+        color="C3",
+        label="target: 1.5x raw + 300 MB",
+    )
     ax.set(title="Memory against sessions", xlabel="sessions", ylabel="MB", xscale="log", yscale="log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -108,18 +130,36 @@ def plot_memory(memory: dict[str, Any], out: Path) -> str:
 def plot_steps(steps: dict[str, Any], out: Path) -> str:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     rows = [r for r in steps.get("stateful", []) if r["latency_ms"]]
-    ax.plot([r["position"] for r in rows], [r["latency_ms"]["p50"] for r in rows], "o-",
-            label="stateful session: one character (p50)")
+    ax.plot(
+        [r["position"] for r in rows],
+        [r["latency_ms"]["p50"] for r in rows],
+        "o-",
+        label="stateful session: one character (p50)",
+    )
     resend = [r for r in steps.get("resend", []) if r["latency_ms"]]
-    ax.plot([r["length"] for r in resend], [r["latency_ms"]["p50"] for r in resend], "o-", color="C3",
-            label="stateless re-send of the whole text (p50)")
+    ax.plot(
+        [r["length"] for r in resend],
+        [r["latency_ms"]["p50"] for r in resend],
+        "o-",
+        color="C3",
+        label="stateless re-send of the whole text (p50)",
+    )
     extra = steps.get("resend_extrapolated", [])
     if resend and extra:
-        ax.plot([resend[-1]["length"], *(e["length"] for e in extra)],
-                [resend[-1]["latency_ms"]["p50"], *(e["p50_ms"] for e in extra)], "x--", color="C3",
-                label="re-send, extrapolated (linear)")
-    ax.set(title="Cost of the next character against session position", xlabel="position (characters so far)",
-           ylabel="ms (log)", xscale="log", yscale="log")
+        ax.plot(
+            [resend[-1]["length"], *(e["length"] for e in extra)],
+            [resend[-1]["latency_ms"]["p50"], *(e["p50_ms"] for e in extra)],
+            "x--",
+            color="C3",
+            label="re-send, extrapolated (linear)",
+        )
+    ax.set(
+        title="Cost of the next character against session position",
+        xlabel="position (characters so far)",
+        ylabel="ms (log)",
+        xscale="log",
+        yscale="log",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out / "steps.png")

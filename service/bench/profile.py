@@ -27,8 +27,22 @@ def start(pid: int, seconds: float, out: Path, rate: int = 200) -> subprocess.Po
     exe = py_spy()
     if exe is None:
         return None
-    cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(rate),
-           "--format", "raw", "--nonblocking", "--threads", "--output", str(out)]
+    cmd = [
+        exe,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(max(1, round(seconds))),
+        "--rate",
+        str(rate),
+        "--format",
+        "raw",
+        "--nonblocking",
+        "--threads",
+        "--output",
+        str(out),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

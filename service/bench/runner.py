@@ -33,14 +33,23 @@ from service.bench.scenarios import (
 )
 
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
-    "limit": scenario_limit, "predict": scenario_predict, "resend": scenario_resend, "stream": scenario_stream,
-    "steps": scenario_steps, "memory": scenario_memory, "optimisations": scenario_optimisations,
+    "limit": scenario_limit,
+    "predict": scenario_predict,
+    "resend": scenario_resend,
+    "stream": scenario_stream,
+    "steps": scenario_steps,
+    "memory": scenario_memory,
+    "optimisations": scenario_optimisations,
     "gpu": scenario_gpu,
 }
 # The servers each scenario drives (the product server "main" may instead be given by --url).
 NEEDS: dict[str, set[str]] = {
-    "predict": {"main", "off", "noop", "torch"}, "resend": {"main"}, "stream": {"main", "off"},
-    "steps": {"main"}, "optimisations": {"main", "h11", "quiet", "switch", "otel", "noop"}, "gpu": {"gpu"},
+    "predict": {"main", "off", "noop", "torch"},
+    "resend": {"main"},
+    "stream": {"main", "off"},
+    "steps": {"main"},
+    "optimisations": {"main", "h11", "quiet", "switch", "otel", "noop"},
+    "gpu": {"gpu"},
 }
 DEFAULT_OUT = Path("docs/benchmarks")
 SHORT_OUT = Path("build/bench-short")
@@ -128,8 +137,11 @@ def run_profiles(ctx: Context, results: dict[str, Any], profile_dir: Path) -> No
                 out = profile_dir / f"{server}-{kind}-{c}.txt"
                 spy = profile.start(target.pid, ctx.plan.profile_s + ctx.plan.warmup_s, out)
                 point = ctx.point(kind, server, c)
-                done[key] = {"point": f"{kind} at {c} on {server}", **profile.finish(spy, out),
-                             "throughput_while_profiled": point.get("throughput")}
+                done[key] = {
+                    "point": f"{kind} at {c} on {server}",
+                    **profile.finish(spy, out),
+                    "throughput_while_profiled": point.get("throughput"),
+                }
         t["profile_result"] = done[key]
 
 
@@ -146,14 +158,22 @@ def bench(args: argparse.Namespace) -> int:
         raise SystemExit(f"lstm-serve bench: unknown scenarios {sorted(unknown)}; choose from {list(SCENARIOS)}")
     import onnx
 
-    meta = ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(model), load_external_data=False)
-                                     .metadata_props})
+    meta = ModelMetadata.from_props(
+        {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+    )
     started = time.time()
     probe_s = 0.3 if plan.short else 1.0
-    results: dict[str, Any] = {"meta": {"command": command_line(args), "machine": machine_info(probe_s),
-                                        "plan": plan.to_json(), "model": _model_info(model, meta),
-                                        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                                        "seed": args.seed, "scenarios": selected}}
+    results: dict[str, Any] = {
+        "meta": {
+            "command": command_line(args),
+            "machine": machine_info(probe_s),
+            "plan": plan.to_json(),
+            "model": _model_info(model, meta),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "seed": args.seed,
+            "scenarios": selected,
+        }
+    }
     specs = server_specs(model, plan)
     with tempfile.TemporaryDirectory(prefix="lstm-serve-bench-") as tmp:
         running: list[servers.Server] = []
@@ -187,8 +207,10 @@ def bench(args: argparse.Namespace) -> int:
     results = portable(results)
     write_report(results, out)
     missed = [t["name"] for t in results["targets"] if t["met"] is False]
-    print(f"bench: wrote {out}/results.json, {out}/README.md and plots in {results['meta']['duration_s']:.0f} s; "
-          f"targets missed: {', '.join(missed) or 'none'}")
+    print(
+        f"bench: wrote {out}/results.json, {out}/README.md and plots in {results['meta']['duration_s']:.0f} s; "
+        f"targets missed: {', '.join(missed) or 'none'}"
+    )
     return 0
 
 
@@ -206,9 +228,17 @@ def portable(value: Any) -> Any:
 
 def _model_info(path: Path, meta: ModelMetadata) -> dict[str, Any]:
     cfg = meta.config
-    return {"path": str(path), "name": meta.name, "version": meta.version, "fingerprint": meta.fingerprint,
-            "layers": cfg.num_layers, "hidden": cfg.hidden_size, "embed": cfg.embed_size, "vocab": cfg.vocab_size,
-            "state_bytes": cfg.num_layers * 2 * cfg.hidden_size * 4}
+    return {
+        "path": str(path),
+        "name": meta.name,
+        "version": meta.version,
+        "fingerprint": meta.fingerprint,
+        "layers": cfg.num_layers,
+        "hidden": cfg.hidden_size,
+        "embed": cfg.embed_size,
+        "vocab": cfg.vocab_size,
+        "state_bytes": cfg.num_layers * 2 * cfg.hidden_size * 4,
+    }
 
 
 def _url_target(url: str) -> Target:

@@ -59,15 +59,22 @@ def scenario_stream(ctx: Context) -> dict[str, Any]:
 def scenario_steps(ctx: Context) -> dict[str, Any]:
     """Scenario 7: step cost at several session positions against the stateless re-send."""
     p = ctx.plan
-    result = ctx.point("steps", "main", 1, positions=list(p.positions), resend_lengths=list(p.resend_lengths),
-                       rounds=p.step_rounds, resend_rounds=max(3, p.step_rounds // 4), chunk=1000)
+    result = ctx.point(
+        "steps",
+        "main",
+        1,
+        positions=list(p.positions),
+        resend_lengths=list(p.resend_lengths),
+        rounds=p.step_rounds,
+        resend_rounds=max(3, p.step_rounds // 4),
+        chunk=1000,
+    )
     resend = [r for r in result.get("resend", []) if r["latency_ms"]]
     if len(resend) >= 2:
         # The re-send grows linearly with the text: extrapolate from the two longest lengths measured.
         (n0, a), (n1, b) = ((r["length"], r["latency_ms"]["p50"]) for r in resend[-2:])
         slope = (b - a) / (n1 - n0)
-        result["resend_extrapolated"] = [{"length": n, "p50_ms": b + slope * (n - n1)}
-                                         for n in p.positions if n > n1]
+        result["resend_extrapolated"] = [{"length": n, "p50_ms": b + slope * (n - n1)} for n in p.positions if n > n1]
         result["resend_ms_per_char"] = slope
     return result
 

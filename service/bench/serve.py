@@ -28,8 +28,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(**{name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)})
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)  # as service.shutdown.serve does
     setup_logging(settings.log_level, settings.log_json)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop=args.loop, http=args.http,
-                log_config=None, access_log=False, lifespan="on")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop=args.loop,
+        http=args.http,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
     return 0
 
 

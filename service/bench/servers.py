@@ -48,12 +48,25 @@ class ServerSpec:
         return " ".join(["python", "-m", self.module, *self.args, "--port", "PORT"])
 
 
-def product(model: Path, *, max_batch_size: int, max_sessions: int, provider: str = "cpu",
-            extra: Sequence[str] = ()) -> list[str]:
+def product(
+    model: Path, *, max_batch_size: int, max_sessions: int, provider: str = "cpu", extra: Sequence[str] = ()
+) -> list[str]:
     """Flags of the product server under test: room for every session and for the re-send texts."""
-    return ["--model-path", str(model), "--provider", provider, "--max-batch-size", str(max_batch_size),
-            "--max-sessions", str(max_sessions), "--max-text-length", "200000", "--max-request-bytes",
-            str(4 * 1_048_576), *extra]
+    return [
+        "--model-path",
+        str(model),
+        "--provider",
+        provider,
+        "--max-batch-size",
+        str(max_batch_size),
+        "--max-sessions",
+        str(max_sessions),
+        "--max-text-length",
+        "200000",
+        "--max-request-bytes",
+        str(4 * 1_048_576),
+        *extra,
+    ]
 
 
 @dataclass
@@ -113,8 +126,14 @@ class LoadProcess:
     """The separate load process (service/bench/load.py): one JSON job in, one JSON result out."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.bench.load"], cwd=ROOT, env=clean_env(),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.bench.load"],
+            cwd=ROOT,
+            env=clean_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         import json

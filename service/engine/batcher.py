@@ -85,7 +85,11 @@ class Step:
 
 
 def staircase(
-    runtime: OnnxRuntime, rows: Sequence[np.ndarray], h: np.ndarray, c: np.ndarray, all_logits: Sequence[bool],
+    runtime: OnnxRuntime,
+    rows: Sequence[np.ndarray],
+    h: np.ndarray,
+    c: np.ndarray,
+    all_logits: Sequence[bool],
     metrics: Metrics | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Run rows of different lengths from h, c (L, B, H); one ORT run per distinct length, sharing prefixes.
@@ -122,8 +126,13 @@ def _sample_next(items: Sequence[Step], logits: Sequence[np.ndarray]) -> dict[in
     rows = [(i, draw) for i, item in enumerate(items) if (draw := item.sample_next) is not None]
     if not rows:
         return {}
-    params = SamplingBatch.from_rows([d.temperature for _, d in rows], [d.top_k for _, d in rows],
-                                     [d.top_p for _, d in rows], [d.seed for _, d in rows], [d.step for _, d in rows])
+    params = SamplingBatch.from_rows(
+        [d.temperature for _, d in rows],
+        [d.top_k for _, d in rows],
+        [d.top_p for _, d in rows],
+        [d.seed for _, d in rows],
+        [d.step for _, d in rows],
+    )
     last = np.stack([logits[i] if logits[i].ndim == 1 else logits[i][-1] for i, _ in rows])  # (n, V)
     return dict(zip((i for i, _ in rows), sample(last, params).tolist(), strict=True))
 
@@ -249,7 +258,8 @@ class Batcher:
         self.batches += 1
         self.metrics.batch_size.observe(len(live))
         logits, hn, cn = await loop.run_in_executor(
-            self._executor, staircase, self.runtime, rows, h, c, flags, self.metrics)
+            self._executor, staircase, self.runtime, rows, h, c, flags, self.metrics
+        )
         fed: dict[TokenKind, int] = {}
         for item, _ in live:  # one counter update per kind, not one label lookup per row
             fed[item.kind] = fed.get(item.kind, 0) + len(item.ids)
@@ -278,8 +288,9 @@ class Batcher:
                 continue
             if item.session_id is None:
                 position = item.start_position + len(item.ids)
-                item.future.set_result(StepResult(logits[i], position, None, hn[:, i].copy(), cn[:, i].copy(),
-                                                  tokens.get(i)))
+                item.future.set_result(
+                    StepResult(logits[i], position, None, hn[:, i].copy(), cn[:, i].copy(), tokens.get(i))
+                )
                 continue
             outcome = written[i]
             if isinstance(outcome, VersionConflict):
@@ -289,11 +300,15 @@ class Batcher:
             elif isinstance(outcome, EngineError):
                 _fail(item, outcome)
             else:
-                item.future.set_result(StepResult(logits[i], outcome.position, outcome, hn[:, i].copy(),
-                                                  cn[:, i].copy(), tokens.get(i)))
+                item.future.set_result(
+                    StepResult(logits[i], outcome.position, outcome, hn[:, i].copy(), cn[:, i].copy(), tokens.get(i))
+                )
 
-    async def _undo_abandoned(self, live: list[tuple[Step, tuple[np.ndarray, np.ndarray] | None]],
-                              written: dict[int, SessionRecord | EngineError]) -> None:
+    async def _undo_abandoned(
+        self,
+        live: list[tuple[Step, tuple[np.ndarray, np.ndarray] | None]],
+        written: dict[int, SessionRecord | EngineError],
+    ) -> None:
         """Put back the states read for steps whose caller gave up while a (remote) store's write was in flight."""
         undo: list[tuple[SessionRecord, SessionRecord, tuple[np.ndarray, np.ndarray]]] = []  # read, written, state
         for i, outcome in written.items():
@@ -306,7 +321,9 @@ class Batcher:
                 [read.session_id for read, _, _ in undo],
                 np.stack([state[0] for _, _, state in undo], axis=1),  # (L, n, H)
                 np.stack([state[1] for _, _, state in undo], axis=1),
-                [read.position for read, _, _ in undo], [new.version for _, new, _ in undo])
+                [read.position for read, _, _ in undo],
+                [new.version for _, new, _ in undo],
+            )
 
     async def _load(self, batch: list[Step]) -> list[tuple[Step, tuple[np.ndarray, np.ndarray] | None]]:
         """Read the sessions' states in one call; fail the items that cannot run. -> (item, its h, c or None)."""

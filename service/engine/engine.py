@@ -127,23 +127,30 @@ class Engine:
         if s.model_sha256 is not None:
             await asyncio.to_thread(verify_sha256, s.model_path, s.model_sha256)
         runtime = await asyncio.to_thread(
-            OnnxRuntime, s.model_path, s.provider, intra_op_threads=s.intra_op_threads,
-            inter_op_threads=s.inter_op_threads, graph_optimization=s.graph_optimization,
-            allow_spinning=s.allow_spinning)
+            OnnxRuntime,
+            s.model_path,
+            s.provider,
+            intra_op_threads=s.intra_op_threads,
+            inter_op_threads=s.inter_op_threads,
+            graph_optimization=s.graph_optimization,
+            allow_spinning=s.allow_spinning,
+        )
         self._runtime = runtime
         if self._store is None:
             self._store = self._make_store(runtime)
             if s.snapshot_path is not None and isinstance(self._store, MemoryStateStore):
-                self._snapshots = Snapshotter(self._store, s.snapshot_path, s.snapshot_interval_s,
-                                              runtime.metadata.fingerprint)
+                self._snapshots = Snapshotter(
+                    self._store, s.snapshot_path, s.snapshot_interval_s, runtime.metadata.fingerprint
+                )
                 await self._snapshots.restore()
                 self.metrics.active_sessions.set(await self._store.count())
             elif s.snapshot_path is not None:
                 log.warning("snapshot_path is ignored: only the memory backend snapshots (Redis keeps the sessions)")
         self._store.add_eviction_listener(self._on_evicted)
         await self._store.start()
-        self._batcher = Batcher(runtime, self._store, self.metrics, max_batch_size=s.max_batch_size,
-                                max_batch_delay_s=s.max_batch_delay_s)
+        self._batcher = Batcher(
+            runtime, self._store, self.metrics, max_batch_size=s.max_batch_size, max_batch_delay_s=s.max_batch_delay_s
+        )
         self._batcher.start()
         try:
             await self._warm_up()
@@ -157,10 +164,18 @@ class Engine:
         self.metrics.model_info.labels(meta.name, meta.version, meta.fingerprint, runtime.provider).set(1)
         self._ready = True
         self.metrics.ready.set(1)
-        log.info("model ready", extra={"model": meta.name, "version": meta.version, "provider": runtime.provider,
-                                       "fingerprint": meta.fingerprint, "path": str(s.model_path),
-                                       "max_batch_size": s.max_batch_size,
-                                       "max_batch_delay_ms": s.max_batch_delay_ms})
+        log.info(
+            "model ready",
+            extra={
+                "model": meta.name,
+                "version": meta.version,
+                "provider": runtime.provider,
+                "fingerprint": meta.fingerprint,
+                "path": str(s.model_path),
+                "max_batch_size": s.max_batch_size,
+                "max_batch_delay_ms": s.max_batch_delay_ms,
+            },
+        )
 
     def _make_store(self, runtime: OnnxRuntime) -> StateStore:
         s = self.settings
@@ -168,11 +183,22 @@ class Engine:
             from service.state.redis import RedisStateStore
 
             return RedisStateStore.from_url(
-                s.redis_url, runtime.layers, runtime.hidden, s.max_sessions,
-                model_fingerprint=runtime.metadata.fingerprint, key_prefix=s.redis_key_prefix,
-                evict_idle_after_s=s.evict_idle_after_s, remember_gone_s=86_400.0 if s.remember_expired else 0.0)
-        return MemoryStateStore(runtime.layers, runtime.hidden, s.max_sessions,
-                                evict_idle_after_s=s.evict_idle_after_s, remember_gone=s.remember_expired)
+                s.redis_url,
+                runtime.layers,
+                runtime.hidden,
+                s.max_sessions,
+                model_fingerprint=runtime.metadata.fingerprint,
+                key_prefix=s.redis_key_prefix,
+                evict_idle_after_s=s.evict_idle_after_s,
+                remember_gone_s=86_400.0 if s.remember_expired else 0.0,
+            )
+        return MemoryStateStore(
+            runtime.layers,
+            runtime.hidden,
+            s.max_sessions,
+            evict_idle_after_s=s.evict_idle_after_s,
+            remember_gone=s.remember_expired,
+        )
 
     async def _warm_up(self) -> None:
         """Run the shapes serving will see (a prompt, a full batch of single tokens) so that ONNX Runtime has
@@ -296,8 +322,9 @@ class Engine:
         return top_k(result.logits, k, self.metadata.tokenizer)
 
     # ---- stateless ---------------------------------------------------------------------------------------
-    async def predict(self, *, text: str | None = None, tokens: Sequence[int] | None = None,
-                      top_k: int = 5) -> Prediction:
+    async def predict(
+        self, *, text: str | None = None, tokens: Sequence[int] | None = None, top_k: int = 5
+    ) -> Prediction:
         """The next-token distribution after the input, from a zero state; nothing is stored."""
         self._check_serving()
         ids = self._required(text, tokens)
@@ -355,7 +382,8 @@ class Engine:
         ids = self._required(text, tokens)
         async with self._locks.hold(session_id):
             result = await self.batcher.submit(
-                Step(ids=ids, session_id=session_id, expected_position=expected_position))
+                Step(ids=ids, session_id=session_id, expected_position=expected_position)
+            )
         assert result.record is not None
         return SessionPrediction(record=result.record, next=self._top(result, top_k))
 

@@ -55,7 +55,8 @@ class PositionConflict(EngineError):
 
     def __init__(self, session_id: str, expected: int, actual: int) -> None:
         super().__init__(
-            f"session {session_id!r} is at position {actual}, not the expected {expected}; nothing changed")
+            f"session {session_id!r} is at position {actual}, not the expected {expected}; nothing changed"
+        )
         self.session_id = session_id
         self.expected = expected
         self.actual = actual
@@ -91,8 +92,9 @@ class TooManyStreams(EngineError):
     """An API key already runs its maximum number of concurrent generations."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"this API key already runs its maximum of {limit} concurrent generations; wait for one "
-                         "to finish")
+        super().__init__(
+            f"this API key already runs its maximum of {limit} concurrent generations; wait for one to finish"
+        )
         self.limit = limit
 
 
@@ -100,8 +102,10 @@ class RequestTimeout(EngineError):
     """A request did not get its answer within request_timeout_s; it was abandoned and changed nothing."""
 
     def __init__(self, timeout_s: float) -> None:
-        super().__init__(f"the request took longer than the server's request_timeout_s of {timeout_s:g} s and was "
-                         "abandoned; nothing changed")
+        super().__init__(
+            f"the request took longer than the server's request_timeout_s of {timeout_s:g} s and was "
+            "abandoned; nothing changed"
+        )
 
 
 class StateMismatch(EngineError):
@@ -132,7 +136,9 @@ class SequenceNotStarted(InvalidInput):
     def __init__(self, sequence_id: int | str) -> None:
         super().__init__(
             f"sequence {sequence_id!r} was never started, has ended, or has expired; send its first request with "
-            "parameters.sequence_start = true", code="sequence_not_started")
+            "parameters.sequence_start = true",
+            code="sequence_not_started",
+        )
         self.sequence_id = sequence_id
 
 

@@ -131,16 +131,23 @@ class Generator:
         limit = self._engine.settings.max_generate_tokens
         tokens = min(DEFAULT_MAX_TOKENS, limit) if max_tokens is None else max_tokens
         if not 1 <= tokens <= limit:
-            raise InvalidInput(f"max_tokens must be between 1 and the server's max_generate_tokens {limit}, "
-                               f"got {tokens}", code="too_many_tokens" if tokens > limit else "invalid_request")
+            raise InvalidInput(
+                f"max_tokens must be between 1 and the server's max_generate_tokens {limit}, got {tokens}",
+                code="too_many_tokens" if tokens > limit else "invalid_request",
+            )
         try:
             validate_params(temperature, top_k, top_p, self._engine.metadata.config.vocab_size, seed)
             StopMatcher(stop)
         except (InvalidSamplingParams, TypeError) as exc:
             raise InvalidInput(str(exc)) from None
-        return GenerationParams(max_tokens=tokens, temperature=float(temperature), top_k=int(top_k),
-                                top_p=float(top_p), seed=secrets.randbits(64) if seed is None else int(seed),
-                                stop=tuple(stop))
+        return GenerationParams(
+            max_tokens=tokens,
+            temperature=float(temperature),
+            top_k=int(top_k),
+            top_p=float(top_p),
+            seed=secrets.randbits(64) if seed is None else int(seed),
+            stop=tuple(stop),
+        )
 
     async def prepare(
         self,
@@ -168,8 +175,14 @@ class Generator:
                 raise PositionConflict(session_id, expected_position, record.position)
         elif expected_position is not None:
             raise InvalidInput("expected_position applies to sessions only")
-        return Plan(params=params, prompt=prompt, session_id=session_id, started=started,
-                    expected_position=expected_position, owner=owner)
+        return Plan(
+            params=params,
+            prompt=prompt,
+            session_id=session_id,
+            started=started,
+            expected_position=expected_position,
+            owner=owner,
+        )
 
     async def run(self, plan: Plan) -> Finished:
         """The whole generation at once."""
@@ -208,8 +221,14 @@ class Generator:
                         finish = "stop"
                         break
                 prompt_tokens = 0 if plan.prompt is None else len(plan.prompt)
-                yield Finished(text="".join(chars[i] for i in ids), tokens=tuple(ids), finish_reason=finish,
-                               position=cursor.position, prompt_tokens=prompt_tokens, stop=matcher.matched)
+                yield Finished(
+                    text="".join(chars[i] for i in ids),
+                    tokens=tuple(ids),
+                    finish_reason=finish,
+                    position=cursor.position,
+                    prompt_tokens=prompt_tokens,
+                    stop=matcher.matched,
+                )
         finally:
             metrics.streams_in_progress.dec()
             self._streams[plan.owner] -= 1
@@ -224,17 +243,26 @@ class Generator:
 
     @staticmethod
     def _draw(params: GenerationParams, step: int) -> SampleNext:
-        return SampleNext(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, seed=params.seed,
-                          step=step)
+        return SampleNext(
+            temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, seed=params.seed, step=step
+        )
 
     async def _start(self, plan: Plan) -> _Cursor:
         """Feed the prompt (drawing the first token in the same step), or draw it from the stored state."""
         engine = self._engine
         first = self._draw(plan.params, 0)
         if plan.prompt is not None:
-            return _cursor(await engine.batcher.submit(Step(ids=plan.prompt, session_id=plan.session_id, kind="prompt",
-                                                            expected_position=plan.expected_position,
-                                                            sample_next=first)))
+            return _cursor(
+                await engine.batcher.submit(
+                    Step(
+                        ids=plan.prompt,
+                        session_id=plan.session_id,
+                        kind="prompt",
+                        expected_position=plan.expected_position,
+                        sample_next=first,
+                    )
+                )
+            )
         version: int | None = None
         if plan.session_id is None:
             h = np.zeros(engine.store.state_shape, dtype=np.float32)  # (layers, hidden)
@@ -254,11 +282,17 @@ class Generator:
         ids = np.array([cursor.next_token], dtype=np.int64)  # (1,)
         draw = self._draw(plan.params, step)
         if plan.session_id is None:
-            item = Step(ids=ids, state=(cursor.h, cursor.c), start_position=cursor.position, kind="generated",
-                        sample_next=draw)
+            item = Step(
+                ids=ids, state=(cursor.h, cursor.c), start_position=cursor.position, kind="generated", sample_next=draw
+            )
         else:
-            item = Step(ids=ids, session_id=plan.session_id, expected_position=cursor.position, kind="generated",
-                        sample_next=draw)
+            item = Step(
+                ids=ids,
+                session_id=plan.session_id,
+                expected_position=cursor.position,
+                kind="generated",
+                sample_next=draw,
+            )
         return _cursor(await self._engine.batcher.submit(item))
 
     async def _roll_back(self, plan: Plan, before: _Cursor, after: _Cursor) -> None:
@@ -266,10 +300,13 @@ class Generator:
         if plan.session_id is None or after.version is None:
             return
         results = await self._engine.store.save_many(
-            [plan.session_id], before.h[:, None], before.c[:, None], [before.position], [after.version])
+            [plan.session_id], before.h[:, None], before.c[:, None], [before.position], [after.version]
+        )
         if isinstance(results[0], EngineError):
-            log.warning("could not roll back an unsent token", extra={"session_id": plan.session_id,
-                                                                      "error": results[0].message})
+            log.warning(
+                "could not roll back an unsent token",
+                extra={"session_id": plan.session_id, "error": results[0].message},
+            )
 
     async def _output_layer(self) -> Head:
         if self._head is None:

@@ -32,17 +32,26 @@ def _head_graph(path: Path, fingerprint: str) -> onnx.ModelProto:
     producers = {out: node for node in graph.node for out in node.output}
     add = producers.get(LOGITS)
     matmul = producers.get(add.input[0]) if add is not None and add.op_type == "Add" else None
-    if add is None or matmul is None or matmul.op_type != "MatMul" or add.input[1] not in inits \
-            or matmul.input[1] not in inits:
-        raise ModelLoadError(f"{path}: the logits are not MatMul + Add of weights, so the output layer cannot be "
-                             "run on a stored state")
+    if (
+        add is None
+        or matmul is None
+        or matmul.op_type != "MatMul"
+        or add.input[1] not in inits
+        or matmul.input[1] not in inits
+    ):
+        raise ModelLoadError(
+            f"{path}: the logits are not MatMul + Add of weights, so the output layer cannot be run on a stored state"
+        )
     weight, bias = inits[matmul.input[1]], inits[add.input[1]]
     hidden, vocab = weight.dims
     nodes = [helper.make_node("MatMul", ["y", weight.name], ["z"]), helper.make_node("Add", ["z", bias.name], [LOGITS])]
     head = helper.make_graph(
-        nodes, "head", [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", hidden])],
+        nodes,
+        "head",
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", hidden])],
         [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", "seq", vocab])],
-        initializer=[weight, bias])
+        initializer=[weight, bias],
+    )
     model = helper.make_model(head, opset_imports=list(proto.opset_import))
     model.ir_version = proto.ir_version
     return model

@@ -73,19 +73,27 @@ class Inspector:
             raise InvalidInput("give 'text' or 'tokens'")
         limit = engine.settings.max_inspect_length
         if len(ids) > limit:
-            raise InvalidInput(f"inspection returns vectors per character: at most {limit} characters, got "
-                               f"{len(ids)}", code="text_too_long")
+            raise InvalidInput(
+                f"inspection returns vectors per character: at most {limit} characters, got {len(ids)}",
+                code="text_too_long",
+            )
         reference = await self._load()
         if session_id is None:
             h = np.zeros(engine.store.state_shape, dtype=np.float32)  # (layers, hidden)
             c = np.zeros_like(h)
-            return self._compare(ids, 0, await asyncio.to_thread(reference.run, ids[None], h[:, None], c[:, None]),
-                                 await engine.batcher.submit(Step(ids=ids)), top)
+            return self._compare(
+                ids,
+                0,
+                await asyncio.to_thread(reference.run, ids[None], h[:, None], c[:, None]),
+                await engine.batcher.submit(Step(ids=ids)),
+                top,
+            )
         async with engine.locks.hold(session_id):
             record, h, c = await engine.store.get_state(session_id)
             traced = await asyncio.to_thread(reference.run, ids[None], h[:, None], c[:, None])
-            result = await engine.batcher.submit(Step(ids=ids, session_id=session_id,
-                                                      expected_position=record.position))
+            result = await engine.batcher.submit(
+                Step(ids=ids, session_id=session_id, expected_position=record.position)
+            )
         return self._compare(ids, record.position, traced, result, top)
 
     def _compare(
@@ -105,9 +113,15 @@ class Inspector:
         if max(deviation.values()) > WARN_DEVIATION:
             log.warning("gate inspection disagrees with ONNX Runtime", extra={"deviation": deviation})
         layers = [GateTrace(f=t.f[0], i=t.i[0], c_tilde=t.c_tilde[0], o=t.o[0], c=t.c[0], h=t.h[0]) for t in traces]
-        return Inspection(ids=ids, start_position=start, layers=layers,
-                          next=top_k(result.logits, top, self._engine.metadata.tokenizer), position=result.position,
-                          record=result.record, deviation=deviation)
+        return Inspection(
+            ids=ids,
+            start_position=start,
+            layers=layers,
+            next=top_k(result.logits, top, self._engine.metadata.tokenizer),
+            position=result.position,
+            record=result.record,
+            deviation=deviation,
+        )
 
     async def _load(self) -> ReferenceLSTM:
         if self._reference is None:
@@ -116,8 +130,10 @@ class Inspector:
                     engine = self._engine
                     reference = await asyncio.to_thread(ReferenceLSTM.from_onnx, engine.settings.model_path)
                     if reference.metadata.fingerprint != engine.metadata.fingerprint:
-                        raise ModelLoadError(f"{engine.settings.model_path} now holds model "
-                                             f"{reference.metadata.fingerprint}, not the served "
-                                             f"{engine.metadata.fingerprint}")
+                        raise ModelLoadError(
+                            f"{engine.settings.model_path} now holds model "
+                            f"{reference.metadata.fingerprint}, not the served "
+                            f"{engine.metadata.fingerprint}"
+                        )
                     self._reference = reference
         return self._reference

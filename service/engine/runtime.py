@@ -47,8 +47,10 @@ def verify_sha256(path: Path, expected: str) -> None:
             digest.update(block)
     actual = digest.hexdigest()
     if not hmac.compare_digest(actual, expected.lower()):
-        raise ModelLoadError(f"model file {path} has SHA-256 {actual}, not the expected {expected.lower()} "
-                             "(model_sha256): it is corrupt or not the model this server was configured for")
+        raise ModelLoadError(
+            f"model file {path} has SHA-256 {actual}, not the expected {expected.lower()} "
+            "(model_sha256): it is corrupt or not the model this server was configured for"
+        )
 
 
 def session_options(
@@ -121,13 +123,16 @@ class OnnxRuntime:
         inputs = tuple(i.name for i in self._session.get_inputs())
         outputs = tuple(o.name for o in self._session.get_outputs())
         if inputs != INPUT_NAMES or outputs != OUTPUT_NAMES:
-            raise ModelLoadError(f"{self.path}: graph has inputs {inputs} and outputs {outputs}, "
-                                 f"expected {INPUT_NAMES} -> {OUTPUT_NAMES}")
+            raise ModelLoadError(
+                f"{self.path}: graph has inputs {inputs} and outputs {outputs}, "
+                f"expected {INPUT_NAMES} -> {OUTPUT_NAMES}"
+            )
         cfg = self.metadata.config
         h0 = self._session.get_inputs()[1].shape
         if h0[0] != cfg.num_layers or h0[2] != cfg.hidden_size:
-            raise ModelLoadError(f"{self.path}: h0 has shape {h0}, metadata says layers {cfg.num_layers}, "
-                                 f"hidden {cfg.hidden_size}")
+            raise ModelLoadError(
+                f"{self.path}: h0 has shape {h0}, metadata says layers {cfg.num_layers}, hidden {cfg.hidden_size}"
+            )
 
     @property
     def runs(self) -> int:

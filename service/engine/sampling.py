@@ -87,9 +87,7 @@ def _real(value: object, name: str) -> float:
         raise InvalidSamplingParams(f"{name} must be a finite number, got {_show(value)}") from None
 
 
-def validate_params(
-    temperature: float, top_k: int, top_p: float, vocab_size: int, seed: int | None = None
-) -> None:
+def validate_params(temperature: float, top_k: int, top_p: float, vocab_size: int, seed: int | None = None) -> None:
     """Raise InvalidSamplingParams unless the values are usable for a model with `vocab_size` tokens.
 
     Temperature and top_p are judged as the float64 that `SamplingBatch` stores, so that a value accepted here
@@ -97,13 +95,13 @@ def validate_params(
     """
     t = _real(temperature, "temperature")
     if not math.isfinite(t) or t < 0:
-        raise InvalidSamplingParams(
-            f"temperature must be a finite number >= 0 (0 = greedy), got {_show(temperature)}")
+        raise InvalidSamplingParams(f"temperature must be a finite number >= 0 (0 = greedy), got {_show(temperature)}")
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
         raise InvalidSamplingParams(f"top_k must be an integer, got {_show(top_k)}")
     if not 0 <= top_k <= vocab_size:
         raise InvalidSamplingParams(
-            f"top_k must be between 0 (off) and the vocabulary size {vocab_size}, got {_show(top_k)}")
+            f"top_k must be between 0 (off) and the vocabulary size {vocab_size}, got {_show(top_k)}"
+        )
     p = _real(top_p, "top_p")
     if not (0 < p <= 1):  # also rejects NaN, which compares false
         raise InvalidSamplingParams(f"top_p must be in (0, 1] (1 = off), got {_show(top_p)}")

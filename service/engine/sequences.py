@@ -43,8 +43,9 @@ class Sequences:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    async def infer(self, key: str, sequence_id: int | str, ids: np.ndarray, *, start: bool, end: bool,
-                    owner: str = "") -> np.ndarray:
+    async def infer(
+        self, key: str, sequence_id: int | str, ids: np.ndarray, *, start: bool, end: bool, owner: str = ""
+    ) -> np.ndarray:
         """Feed ids (T,) to the sequence's session; -> the logits after the last one, (V,) float32."""
         engine = self._engine
         engine.check_serving()

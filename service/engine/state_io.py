@@ -40,8 +40,10 @@ def decode_array(text: str, shape: tuple[int, int], name: str) -> np.ndarray:
         raise InvalidInput(f"state.{name} is not valid base64: {exc}", code="invalid_state") from None
     expected = shape[0] * shape[1] * _WIRE.itemsize
     if len(raw) != expected:
-        raise InvalidInput(f"state.{name} holds {len(raw)} bytes; shape {list(shape)} of float32 needs {expected}",
-                           code="invalid_state")
+        raise InvalidInput(
+            f"state.{name} holds {len(raw)} bytes; shape {list(shape)} of float32 needs {expected}",
+            code="invalid_state",
+        )
     a = np.frombuffer(raw, dtype=_WIRE).reshape(shape).astype(np.float32)
     if not np.isfinite(a).all():
         raise InvalidInput(f"state.{name} contains NaN or infinite values", code="invalid_state")
@@ -57,11 +59,14 @@ def export_state(fingerprint: str, position: int, h: np.ndarray, c: np.ndarray) 
 def import_state(state: PortableState, fingerprint: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The portable form -> h, c (layers, hidden), refused unless it belongs to the loaded model."""
     if state.model_fingerprint != fingerprint:
-        raise StateMismatch(f"the state was exported from model {state.model_fingerprint}, but this server runs "
-                            f"{fingerprint}; states only transfer between identical weights")
+        raise StateMismatch(
+            f"the state was exported from model {state.model_fingerprint}, but this server runs "
+            f"{fingerprint}; states only transfer between identical weights"
+        )
     if tuple(state.shape) != shape:
-        raise StateMismatch(f"the state has shape {list(state.shape)}, but the loaded model's state is "
-                            f"{list(shape)} (layers, hidden)")
+        raise StateMismatch(
+            f"the state has shape {list(state.shape)}, but the loaded model's state is {list(shape)} (layers, hidden)"
+        )
     if state.dtype != DTYPE:
         raise StateMismatch(f"the state has dtype {state.dtype!r}; only {DTYPE!r} is supported")
     if not 0 <= state.position <= MAX_POSITION:

@@ -17,8 +17,9 @@ class _Bucket:
 class RateLimiter:
     """`rate` requests per second per principal, bursts up to `burst`. rate <= 0 disables it."""
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
-                 max_principals: int = 100_000) -> None:
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_principals: int = 100_000
+    ) -> None:
         self.rate = rate
         self.burst = max(1, burst)
         self._clock = clock

@@ -83,8 +83,17 @@ class MemoryStateStore(StateStore):
     @property
     def nbytes(self) -> int:
         """Bytes of the preallocated arrays (states and records), the bulk of the store's memory."""
-        arrays = (self._h, self._c, self._position, self._version, self._created, self._last_used,
-                  self._expires, self._ttl, self._free)
+        arrays = (
+            self._h,
+            self._c,
+            self._position,
+            self._version,
+            self._created,
+            self._last_used,
+            self._expires,
+            self._ttl,
+            self._free,
+        )
         return sum(a.nbytes for a in arrays)
 
     def _bump(self) -> int:

@@ -201,7 +201,9 @@ end
 
 # ARGV[4] rows; per row: id, expected version, new position, the new value (a placeholder header, then h and c).
 # Per row {status, payload}: 'ok' and the new header, 'conflict' and the current header, or 'gone' and why.
-_SAVE = _PRELUDE + """
+_SAVE = (
+    _PRELUDE
+    + """
 local out = {0, 0}
 local n = tonumber(ARGV[4])
 for i = 0, n - 1 do
@@ -229,9 +231,12 @@ out[1] = reaped
 out[2] = evicted
 return out
 """
+)
 
 # ARGV[4] max sessions, [5] evict idle after, [6] id, [7] the whole value (its header included), [8] ttl.
-_CREATE = _PRELUDE + """
+_CREATE = (
+    _PRELUDE
+    + """
 local frees = make_room(tonumber(ARGV[4]), tonumber(ARGV[5]), '')
 if frees then return {reaped, evicted, 'full', tostring(frees - NOW)} end
 local id = ARGV[6]
@@ -242,9 +247,12 @@ write(id, nil, ARGV[7], tonumber(ARGV[8]))
 own(id)
 return {reaped, evicted, 'ok', ''}
 """
+)
 
 # ARGV[4] max sessions, [5] evict idle after, [6] source id, [7] new id, [8] ttl or '' (the source's).
-_FORK = _PRELUDE + """
+_FORK = (
+    _PRELUDE
+    + """
 local src = ARGV[6]
 local v, why = live(src, true)
 if not v then return {reaped, evicted, 'gone', why} end
@@ -261,9 +269,12 @@ write(id, header, v, ttl)
 own(id)
 return {reaped, evicted, 'ok', header}
 """
+)
 
 # ARGV[4] id, [5] the new value: a placeholder header and zeros.
-_RESET = _PRELUDE + """
+_RESET = (
+    _PRELUDE
+    + """
 local id = ARGV[4]
 local v, why = live(id)
 if not v then return {reaped, evicted, 'gone', why} end
@@ -272,24 +283,33 @@ local header = struct.pack(FMT, magic, layers, hidden, version + 1, 0, created, 
 write(id, header, ARGV[5], ttl)
 return {reaped, evicted, 'ok', header}
 """
+)
 
 # ARGV[4] id.
-_DELETE = _PRELUDE + """
+_DELETE = (
+    _PRELUDE
+    + """
 local id = ARGV[4]
 local v, why = live(id)
 if not v then return {reaped, evicted, 'gone', why} end
 remove(id, 'deleted')
 return {reaped, evicted, 'ok', ''}
 """
+)
 
 # ARGV[4..] ids a read found missing or expired: reap them from the index and count them.
-_REAP = _PRELUDE + """
+_REAP = (
+    _PRELUDE
+    + """
 for i = 4, #ARGV do live(ARGV[i]) end
 return {reaped, evicted}
 """
+)
 
 # ARGV[4] most ids to remove in this call. Returns {removed, 0, ids looked at}.
-_SWEEP = _PRELUDE + """
+_SWEEP = (
+    _PRELUDE
+    + """
 local due = redis.call('ZRANGEBYSCORE', EXP, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[4]))
 for _, id in ipairs(due) do
   remove(id, 'ttl')
@@ -297,6 +317,7 @@ for _, id in ipairs(due) do
 end
 return {reaped, evicted, #due}
 """
+)
 
 
 def _num(x: float) -> str:
@@ -412,8 +433,7 @@ class RedisStateStore(StateStore):
             return await what
         except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
             self._set_available(False, exc)
-            raise StateStoreUnavailable(
-                "the session state store (Redis) cannot be reached; retry shortly") from None
+            raise StateStoreUnavailable("the session state store (Redis) cannot be reached; retry shortly") from None
         except ResponseError as exc:
             if str(exc).startswith(_UNAVAILABLE_REPLIES):
                 raise StateStoreUnavailable(f"the session state store (Redis) refused the request: {exc}") from None
@@ -421,8 +441,7 @@ class RedisStateStore(StateStore):
 
     async def _script(self, script: Any, args: Sequence[bytes | str]) -> list[Any]:
         now = self._clock()
-        out: list[Any] = await self._call(
-            script(args=[self.prefix, _num(now), _num(self.remember_gone_s), *args]))
+        out: list[Any] = await self._call(script(args=[self.prefix, _num(now), _num(self.remember_gone_s), *args]))
         self._record_evictions("ttl", int(out[0]))
         self._record_evictions("capacity", int(out[1]))
         return out[2:]
@@ -437,10 +456,19 @@ class RedisStateStore(StateStore):
     def _header(self, session_id: str, raw: bytes) -> SessionRecord:
         magic, layers, hidden, version, position, created, used, expires, ttl = HEADER.unpack_from(raw)
         if magic != MAGIC or (layers, hidden) != self.state_shape:
-            raise StateMismatch(f"session {session_id!r} holds a state of another format or shape "
-                                f"({magic!r}, {layers}x{hidden}); the model needs {self.layers}x{self.hidden}")
-        return SessionRecord(session_id=session_id, position=int(position), version=int(version),
-                             created_at=created, last_used_at=used, expires_at=expires, ttl_s=ttl)
+            raise StateMismatch(
+                f"session {session_id!r} holds a state of another format or shape "
+                f"({magic!r}, {layers}x{hidden}); the model needs {self.layers}x{self.hidden}"
+            )
+        return SessionRecord(
+            session_id=session_id,
+            position=int(position),
+            version=int(version),
+            created_at=created,
+            last_used_at=used,
+            expires_at=expires,
+            ttl_s=ttl,
+        )
 
     def _pack_header(self, version: int, position: int, now: float, ttl_s: float) -> bytes:
         return HEADER.pack(MAGIC, self.layers, self.hidden, version, position, now, now, now + ttl_s, ttl_s)
@@ -449,8 +477,9 @@ class RedisStateStore(StateStore):
         """A stored value -> its record and (2, layers, hidden) float32: h then C."""
         record = self._header(session_id, raw)
         if len(raw) != HEADER.size + self._state_bytes:
-            raise StateMismatch(f"session {session_id!r} holds {len(raw) - HEADER.size} bytes of state, "
-                                f"not {self._state_bytes}")
+            raise StateMismatch(
+                f"session {session_id!r} holds {len(raw) - HEADER.size} bytes of state, not {self._state_bytes}"
+            )
         state = np.frombuffer(raw, dtype=_WIRE, offset=HEADER.size).reshape(2, self.layers, self.hidden)
         return record, state
 
@@ -479,7 +508,8 @@ class RedisStateStore(StateStore):
         """One MGET of the states and markers; rows missing or expired are reaped (error path only)."""
         n = len(session_ids)
         values: list[Any] = await self._call(  # bytes or None (decode_responses=False)
-            self._redis.mget([self._skey(s) for s in session_ids] + [self._gkey(s) for s in session_ids]))
+            self._redis.mget([self._skey(s) for s in session_ids] + [self._gkey(s) for s in session_ids])
+        )
         now = self._clock()
         out: list[tuple[SessionRecord, np.ndarray] | EngineError] = []
         reap: list[str] = []
@@ -530,8 +560,8 @@ class RedisStateStore(StateStore):
             now = self._clock()
             header = self._pack_header(1, position, now, ttl_s)
             status, payload = await self._script(
-                self._create, [str(self.max_sessions), _num(self.evict_idle_after_s), sid, header + state,
-                               _num(ttl_s)])
+                self._create, [str(self.max_sessions), _num(self.evict_idle_after_s), sid, header + state, _num(ttl_s)]
+            )
             if status == b"full":
                 raise self._full(payload)
             if status == b"ok":
@@ -573,8 +603,12 @@ class RedisStateStore(StateStore):
         cb = np.ascontiguousarray(c.transpose(1, 0, 2), dtype=_WIRE)
         args: list[bytes | str] = [str(batch)]
         for row, sid in enumerate(session_ids):
-            args += [sid, str(int(expected_versions[row])), str(int(positions[row])),
-                     _PLACEHOLDER + hb[row].tobytes() + cb[row].tobytes()]
+            args += [
+                sid,
+                str(int(expected_versions[row])),
+                str(int(positions[row])),
+                _PLACEHOLDER + hb[row].tobytes() + cb[row].tobytes(),
+            ]
         flat = await self._script(self._save, args)
         out: list[SessionRecord | EngineError] = []
         for row, sid in enumerate(session_ids):
@@ -611,8 +645,15 @@ class RedisStateStore(StateStore):
         for _ in range(3):
             sid = new_session_id(owner_of(session_id))
             status, payload = await self._script(
-                self._fork, [str(self.max_sessions), _num(self.evict_idle_after_s), session_id, sid,
-                             "" if ttl_s is None else _num(ttl_s)])
+                self._fork,
+                [
+                    str(self.max_sessions),
+                    _num(self.evict_idle_after_s),
+                    session_id,
+                    sid,
+                    "" if ttl_s is None else _num(ttl_s),
+                ],
+            )
             if status == b"gone":
                 raise self._missing(session_id, payload)
             if status == b"full":

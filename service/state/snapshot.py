@@ -92,12 +92,22 @@ def capture(store: MemoryStateStore, fingerprint: str, now: float | None = None)
     slots = np.fromiter(store._slot_of.values(), dtype=np.int64, count=len(ids))
     gone = list(store._gone.items())
     return Snapshot(
-        fingerprint=fingerprint, layers=store.layers, hidden=store.hidden,
-        written_at=time.time() if now is None else now, next_version=int(store._next_version), ids=ids,
-        position=store._position[slots], version=store._version[slots], created=store._created[slots],
-        last_used=store._last_used[slots], expires=store._expires[slots], ttl=store._ttl[slots],
-        h=store._h[slots], c=store._c[slots],
-        gone_ids=[sid for sid, _ in gone], gone_reasons=[reason for _, reason in gone],
+        fingerprint=fingerprint,
+        layers=store.layers,
+        hidden=store.hidden,
+        written_at=time.time() if now is None else now,
+        next_version=int(store._next_version),
+        ids=ids,
+        position=store._position[slots],
+        version=store._version[slots],
+        created=store._created[slots],
+        last_used=store._last_used[slots],
+        expires=store._expires[slots],
+        ttl=store._ttl[slots],
+        h=store._h[slots],
+        c=store._c[slots],
+        gone_ids=[sid for sid, _ in gone],
+        gone_reasons=[reason for _, reason in gone],
     )
 
 
@@ -107,15 +117,33 @@ def _strings(values: list[str]) -> np.ndarray:
 
 def write_snapshot(snap: Snapshot, path: Path) -> None:
     """Write atomically: temporary file beside `path`, fsync, rename over it, fsync the directory."""
-    meta = {"format": FORMAT, "fingerprint": snap.fingerprint, "layers": snap.layers, "hidden": snap.hidden,
-            "written_at": snap.written_at, "next_version": snap.next_version, "sessions": len(snap)}
+    meta = {
+        "format": FORMAT,
+        "fingerprint": snap.fingerprint,
+        "layers": snap.layers,
+        "hidden": snap.hidden,
+        "written_at": snap.written_at,
+        "next_version": snap.next_version,
+        "sessions": len(snap),
+    }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with tmp.open("wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), ids=_strings(snap.ids), position=snap.position,
-                     version=snap.version, created=snap.created, last_used=snap.last_used, expires=snap.expires,
-                     ttl=snap.ttl, h=snap.h, c=snap.c, gone_ids=_strings(snap.gone_ids),
-                     gone_reasons=_strings(snap.gone_reasons))
+            np.savez(
+                f,
+                meta=np.array(json.dumps(meta)),
+                ids=_strings(snap.ids),
+                position=snap.position,
+                version=snap.version,
+                created=snap.created,
+                last_used=snap.last_used,
+                expires=snap.expires,
+                ttl=snap.ttl,
+                h=snap.h,
+                c=snap.c,
+                gone_ids=_strings(snap.gone_ids),
+                gone_reasons=_strings(snap.gone_reasons),
+            )
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -144,7 +172,9 @@ def read_snapshot(path: Path, fingerprint: str, shape: tuple[int, int]) -> Snaps
         if meta["fingerprint"] != fingerprint or (meta["layers"], meta["hidden"]) != shape:
             raise SnapshotError(
                 f"written for model {meta['fingerprint']} with state {meta['layers']}x{meta['hidden']}; this server "
-                f"runs {fingerprint} with state {shape[0]}x{shape[1]}", "other-model")
+                f"runs {fingerprint} with state {shape[0]}x{shape[1]}",
+                "other-model",
+            )
         ids = [str(s) for s in arrays["ids"]]
         n = len(ids)
         fields = {name: arrays[name] for name in ("position", "version", "created", "last_used", "expires", "ttl")}
@@ -160,12 +190,23 @@ def read_snapshot(path: Path, fingerprint: str, shape: tuple[int, int]) -> Snaps
         if len(gone_ids) != len(gone_reasons) or not set(gone_reasons) <= set(_REASONS):
             raise SnapshotError("the expired-id list is inconsistent", "corrupt")
         return Snapshot(
-            fingerprint=fingerprint, layers=shape[0], hidden=shape[1], written_at=float(meta["written_at"]),
-            next_version=int(meta["next_version"]), ids=ids,
-            position=fields["position"].astype(np.int64), version=fields["version"].astype(np.int64),
-            created=fields["created"].astype(np.float64), last_used=fields["last_used"].astype(np.float64),
-            expires=fields["expires"].astype(np.float64), ttl=fields["ttl"].astype(np.float64),
-            h=h, c=c, gone_ids=gone_ids, gone_reasons=gone_reasons)
+            fingerprint=fingerprint,
+            layers=shape[0],
+            hidden=shape[1],
+            written_at=float(meta["written_at"]),
+            next_version=int(meta["next_version"]),
+            ids=ids,
+            position=fields["position"].astype(np.int64),
+            version=fields["version"].astype(np.int64),
+            created=fields["created"].astype(np.float64),
+            last_used=fields["last_used"].astype(np.float64),
+            expires=fields["expires"].astype(np.float64),
+            ttl=fields["ttl"].astype(np.float64),
+            h=h,
+            c=c,
+            gone_ids=gone_ids,
+            gone_reasons=gone_reasons,
+        )
     except SnapshotError:
         raise
     except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
@@ -179,9 +220,9 @@ def restore(store: MemoryStateStore, snap: Snapshot, now: float) -> RestoreResul
     live = np.flatnonzero(snap.expires > now)
     expired = np.flatnonzero(snap.expires <= now)
     live = live[np.argsort(-snap.last_used[live], kind="stable")]  # most recently used first
-    keep, dropped = live[: store.max_sessions], live[store.max_sessions:]
+    keep, dropped = live[: store.max_sessions], live[store.max_sessions :]
     k = len(keep)
-    slots = store._free[store._n_free - k: store._n_free][::-1].copy()  # the stack's top k, as _allocate pops
+    slots = store._free[store._n_free - k : store._n_free][::-1].copy()  # the stack's top k, as _allocate pops
     store._n_free -= k
     store._h[slots] = snap.h[keep]
     store._c[slots] = snap.c[keep]
@@ -241,17 +282,31 @@ class Snapshotter:
             aside = self.path.with_name(f"{self.path.name}.{exc.kind}")
             with contextlib.suppress(OSError):
                 os.replace(self.path, aside)
-            log.error("session snapshot not restored (%s): %s; moved to %s, starting with no sessions",
-                      exc.kind, exc, aside, extra={"path": str(self.path), "moved_to": str(aside)})
+            log.error(
+                "session snapshot not restored (%s): %s; moved to %s, starting with no sessions",
+                exc.kind,
+                exc,
+                aside,
+                extra={"path": str(self.path), "moved_to": str(aside)},
+            )
             return None
         result = restore(self.store, snap, time.time())
         self._written = _signature(self.store)
-        log.info("sessions restored from snapshot", extra={
-            "path": str(self.path), "sessions": result.restored, "expired": result.expired,
-            "dropped_over_max_sessions": result.dropped, "written_at": snap.written_at})
+        log.info(
+            "sessions restored from snapshot",
+            extra={
+                "path": str(self.path),
+                "sessions": result.restored,
+                "expired": result.expired,
+                "dropped_over_max_sessions": result.dropped,
+                "written_at": snap.written_at,
+            },
+        )
         if result.dropped:
-            log.warning("the snapshot held more sessions than max_sessions; the %d least recently used were dropped",
-                        result.dropped)
+            log.warning(
+                "the snapshot held more sessions than max_sessions; the %d least recently used were dropped",
+                result.dropped,
+            )
         return result
 
     def _remove_stale_temporaries(self) -> None:
@@ -262,8 +317,11 @@ class Snapshotter:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         if stale:
-            log.warning("removed %d temporary snapshot file(s) left by an interrupted write", len(stale),
-                        extra={"path": str(self.path)})
+            log.warning(
+                "removed %d temporary snapshot file(s) left by an interrupted write",
+                len(stale),
+                extra={"path": str(self.path)},
+            )
 
     def start(self) -> None:
         if self.interval_s > 0 and self._task is None:
@@ -289,8 +347,14 @@ class Snapshotter:
             await asyncio.to_thread(write_snapshot, snap, self.path)
             self._written = signature
             self.writes += 1
-            log.info("session snapshot written", extra={
-                "path": str(self.path), "sessions": len(snap), "ms": round((time.perf_counter() - t0) * 1000, 1)})
+            log.info(
+                "session snapshot written",
+                extra={
+                    "path": str(self.path),
+                    "sessions": len(snap),
+                    "ms": round((time.perf_counter() - t0) * 1000, 1),
+                },
+            )
             return True
 
     async def stop(self) -> bool:

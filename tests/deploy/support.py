@@ -43,8 +43,12 @@ SERIES_NAMES: dict[str, str] = {
 }
 _METRIC_TOKEN = re.compile(r"\blstm_serve_[a-z0-9_]+")
 
-APT_PACKAGES = {"promtool": "prometheus", "redis-server": "redis-server", "nginx": "nginx-light",
-                "docker-compose": "docker-compose"}
+APT_PACKAGES = {
+    "promtool": "prometheus",
+    "redis-server": "redis-server",
+    "nginx": "nginx-light",
+    "docker-compose": "docker-compose",
+}
 
 
 def metric_names_in(expr: str) -> list[str]:
@@ -94,8 +98,9 @@ def settings_fields() -> set[str]:
 def assert_known_settings(env: Mapping[str, object], where: str) -> None:
     """Every LSTM_SERVE_* key in `env` names a Settings field (a typo would be silently ignored)."""
     fields = settings_fields()
-    unknown = sorted(k for k in env if k.startswith("LSTM_SERVE_") and k.removeprefix("LSTM_SERVE_").lower()
-                     not in fields)
+    unknown = sorted(
+        k for k in env if k.startswith("LSTM_SERVE_") and k.removeprefix("LSTM_SERVE_").lower() not in fields
+    )
     assert not unknown, f"{where}: settings the service does not have: {unknown} (known: {sorted(fields)})"
 
 

@@ -49,8 +49,9 @@ def test_services(services: dict[str, dict[str, Any]]) -> None:
 
 
 @pytest.mark.parametrize("name", REPLICAS)
-def test_replica(services: dict[str, dict[str, Any]], name: str, monkeypatch: pytest.MonkeyPatch,
-                 tmp_path: Path) -> None:
+def test_replica(
+    services: dict[str, dict[str, Any]], name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     replica = services[name]
     assert replica["build"] == {"context": ".", "target": "runtime"}
     assert replica["image"] == services[REPLICAS[0]]["image"]
@@ -132,8 +133,7 @@ def compose_cli() -> list[str] | None:
     """`docker compose` (the v2 plugin) where it works, else the standalone docker-compose."""
     docker = find_tool("docker")
     if docker:
-        probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=30,
-                               check=False)
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=30, check=False)
         if probe.returncode == 0:
             return [docker, "compose"]
     standalone = find_tool("docker-compose")
@@ -146,12 +146,19 @@ def test_compose_config_validates() -> None:
     if cli is None:
         require_tool("docker-compose")  # skips, naming the package
         return
-    proc = subprocess.run([*cli, "-f", str(COMPOSE_FILE), "config", "--quiet"], capture_output=True, text=True,
-                          timeout=60, check=False, cwd=REPO_ROOT)
+    proc = subprocess.run(
+        [*cli, "-f", str(COMPOSE_FILE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO_ROOT,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # --- nginx: the real thing in front of two stub replicas -----------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -197,8 +204,11 @@ def nginx_front(tmp_path: Path) -> Iterator[str]:
     args = [nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")]
     check = subprocess.run([*args, "-t"], capture_output=True, text=True, timeout=30, check=False)
     assert check.returncode == 0, check.stderr
-    proc = subprocess.Popen([*args, "-g", f"daemon off; master_process off; pid {tmp_path / 'nginx.pid'};"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*args, "-g", f"daemon off; master_process off; pid {tmp_path / 'nginx.pid'};"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -231,10 +241,12 @@ def test_nginx_config_is_valid_and_hashes_on_the_session_id(nginx_front: str) ->
         owners = {}
         for n in range(24):
             session = f"session-{n}"
-            seen = {client.post(f"/v1/sessions/{session}/predict", json={"text": "a"}).text,
-                    client.get(f"/v1/sessions/{session}").text,
-                    client.post(f"/v1/sessions/{session}/predict", json={"text": "b"}).text,
-                    client.delete(f"/v1/sessions/{session}").text}
+            seen = {
+                client.post(f"/v1/sessions/{session}/predict", json={"text": "a"}).text,
+                client.get(f"/v1/sessions/{session}").text,
+                client.post(f"/v1/sessions/{session}/predict", json={"text": "b"}).text,
+                client.delete(f"/v1/sessions/{session}").text,
+            }
             assert len(seen) == 1, f"{session} was served by {seen}"
             owners[session] = seen.pop()
         # ...and sessions spread over both replicas, as do requests without a session id.
@@ -244,6 +256,7 @@ def test_nginx_config_is_valid_and_hashes_on_the_session_id(nginx_front: str) ->
 
 
 # --- redis-server: the command line of the compose file and of the k8s try-out Redis -------------------------------
+
 
 def redis_args_in_compose(services: dict[str, dict[str, Any]]) -> list[str]:
     command = services["redis"]["command"]
@@ -258,15 +271,17 @@ def redis_args_in_k8s() -> list[str]:
 
 
 @pytest.mark.parametrize("source", ["compose", "k8s"])
-def test_redis_command_line_starts_a_server(services: dict[str, dict[str, Any]], source: str,
-                                           tmp_path: Path) -> None:
+def test_redis_command_line_starts_a_server(services: dict[str, dict[str, Any]], source: str, tmp_path: Path) -> None:
     redis_server = require_tool("redis-server")
     import redis
 
     args = redis_args_in_compose(services) if source == "compose" else redis_args_in_k8s()
     port = free_port()
-    proc = subprocess.Popen([redis_server, *args, "--port", str(port), "--bind", "127.0.0.1", "--dir",
-                             str(tmp_path), "--daemonize", "no"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [redis_server, *args, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--daemonize", "no"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
         deadline = time.monotonic() + 10

@@ -23,8 +23,9 @@ def stages() -> dict[str, df.Stage]:
 
 def test_hadolint_is_clean() -> None:
     hadolint = require_tool("hadolint")
-    proc = subprocess.run([hadolint, "--no-color", str(df.DOCKERFILE)], capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        [hadolint, "--no-color", str(df.DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -33,8 +34,9 @@ def test_every_hadolint_ignore_says_why() -> None:
     for number, line in enumerate(lines):
         if "hadolint ignore" in line:
             above = lines[number - 1].strip() if number else ""
-            assert above.startswith("#") and "hadolint" not in above, \
+            assert above.startswith("#") and "hadolint" not in above, (
                 f"line {number + 1}: explain the ignored rule in a comment just above it"
+            )
 
 
 def test_stages(stages: dict[str, df.Stage]) -> None:
@@ -101,8 +103,9 @@ def test_final_stage(stages: dict[str, df.Stage], name: str) -> None:
     assert user is not None
     uid = user.value.split(":")[0]
     assert uid.isdigit() and int(uid) != 0, user.value
-    assert all(i.keyword not in {"RUN", "COPY", "ADD"} for i in stage.instructions
-               if i.line > user.line), "nothing should run as root after USER"
+    assert all(i.keyword not in {"RUN", "COPY", "ADD"} for i in stage.instructions if i.line > user.line), (
+        "nothing should run as root after USER"
+    )
 
     # Exec form: the server is PID 1 and receives SIGTERM itself.
     entrypoint = stage.last("ENTRYPOINT")
@@ -131,6 +134,7 @@ def test_image_settings_are_known_to_the_service(stages: dict[str, df.Stage]) ->
 
 # --- .dockerignore -------------------------------------------------------------------------------------------------
 
+
 def _ignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
     patterns = []
     for raw in DOCKERIGNORE.read_text().splitlines():
@@ -156,7 +160,7 @@ def _ignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
                 i += 1
             elif line[i] == "[":
                 end = line.index("]", i)
-                regex += line[i:end + 1]
+                regex += line[i : end + 1]
                 i = end + 1
             else:
                 regex += re.escape(line[i])
@@ -176,19 +180,39 @@ def dockerignored(path: str) -> bool:
     return excluded
 
 
-@pytest.mark.parametrize("path", [
-    ".venv/bin/python", ".git/HEAD", "tests/deploy/test_k8s.py", "build/shakespeare-lstm.pt", "docs/index.md",
-    "service/__pycache__/cli.cpython-311.pyc", ".pytest_cache/v/x", ".mypy_cache/x", ".ruff_cache/x",
-    ".hypothesis/examples/x", "lstm_serve.egg-info/PKG-INFO", "dist/x.whl", "deploy/k8s/base/deployment.yaml",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/deploy/test_k8s.py",
+        "build/shakespeare-lstm.pt",
+        "docs/index.md",
+        "service/__pycache__/cli.cpython-311.pyc",
+        ".pytest_cache/v/x",
+        ".mypy_cache/x",
+        ".ruff_cache/x",
+        ".hypothesis/examples/x",
+        "lstm_serve.egg-info/PKG-INFO",
+        "dist/x.whl",
+        "deploy/k8s/base/deployment.yaml",
+    ],
+)
 def test_dockerignore_excludes(path: str) -> None:
     assert dockerignored(path), path
 
 
-@pytest.mark.parametrize("path", [
-    "pyproject.toml", "README.md", "service/__main__.py", "model/paths.py", "model/artifacts/shakespeare-lstm.onnx",
-    "model/artifacts/MODEL_CARD.md",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "pyproject.toml",
+        "README.md",
+        "service/__main__.py",
+        "model/paths.py",
+        "model/artifacts/shakespeare-lstm.onnx",
+        "model/artifacts/MODEL_CARD.md",
+    ],
+)
 def test_dockerignore_keeps(path: str) -> None:
     assert not dockerignored(path), path
 
@@ -196,8 +220,9 @@ def test_dockerignore_keeps(path: str) -> None:
 def test_bundled_model_is_package_data() -> None:
     # The image gets the model only through `pip install .`: it must be declared package data.
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
-    assert re.search(r'^model = \[[^\]]*"artifacts/\*\.onnx"', pyproject, re.MULTILINE), \
+    assert re.search(r'^model = \[[^\]]*"artifacts/\*\.onnx"', pyproject, re.MULTILINE), (
         "model/artifacts/*.onnx must be package data of `model` for the image to bundle it"
+    )
 
 
 def test_dockerfile_reader_handles_continuations(tmp_path: Path) -> None:
@@ -205,7 +230,8 @@ def test_dockerfile_reader_handles_continuations(tmp_path: Path) -> None:
     path.write_text(
         "# syntax=docker/dockerfile:1\nARG BASE=python:3.11-slim\nFROM ${BASE} AS builder\n"
         "# lstm-serve:install\nRUN pip install \\\n    # a comment inside\n    --no-cache-dir .\n"
-        "FROM builder\nENV A=1 B=\"two words\"\nENTRYPOINT [\"python\", \"-m\", \"service\"]\n")
+        'FROM builder\nENV A=1 B="two words"\nENTRYPOINT ["python", "-m", "service"]\n'
+    )
     assert df.serving_install_command(path) == "pip install --no-cache-dir ."
     parsed = df.stages(path)
     assert parsed[0].resolved_base == "python:3.11-slim" and parsed[1].base == "builder"

@@ -95,8 +95,9 @@ def test_every_query_uses_exported_metrics(dashboard: dict[str, Any]) -> None:
             if name.endswith("_bucket"):
                 assert "histogram_quantile(" in target["expr"], f"panel {panel['title']}: raw buckets"
             if METRICS[SERIES_NAMES[name]] == "counter":
-                assert re.search(rf"(rate|increase)\({name}\b", target["expr"]), \
+                assert re.search(rf"(rate|increase)\({name}\b", target["expr"]), (
                     f"panel {panel['title']}: plot the rate of counter {name}, not its value"
+                )
 
 
 def test_dashboard_shows_what_operators_need(dashboard: dict[str, Any]) -> None:
@@ -133,8 +134,9 @@ def test_queries_are_valid_promql(dashboard: dict[str, Any], tmp_path: Path) -> 
         rules.append({"record": f"dashboard:panel_{panel['id']}_{target['refId']}", "expr": expr})
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60,
-                          check=False)
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -30,8 +30,9 @@ Obj = dict[str, Any]
 
 def kustomize(directory: Path) -> list[Obj]:
     kubectl = require_tool("kubectl")
-    proc = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60,
-                          check=False)
+    proc = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, f"kubectl kustomize {directory} failed:\n{proc.stderr}"
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
@@ -39,11 +40,17 @@ def kustomize(directory: Path) -> list[Obj]:
 def kustomize_with(tmp_path: Path, overlay: str, components: list[str]) -> list[Obj]:
     """An overlay with extra components, as a user enables them (kustomize wants relative paths)."""
     rel = os.path.relpath(K8S, tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": NAMESPACE,
-        "resources": [f"{rel}/overlays/{overlay}"],
-        "components": [f"{rel}/components/{c}" for c in components],
-    }))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": NAMESPACE,
+                "resources": [f"{rel}/overlays/{overlay}"],
+                "components": [f"{rel}/components/{c}" for c in components],
+            }
+        )
+    )
     return kustomize(tmp_path)
 
 
@@ -88,6 +95,7 @@ def pod_labels(deployment: Obj) -> dict[str, str]:
 
 # --- schema -------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_objects_validate_against_kubernetes_schemas(rendered: dict[str, list[Obj]], overlay: str) -> None:
     crds = []
@@ -99,8 +107,10 @@ def test_objects_validate_against_kubernetes_schemas(rendered: dict[str, list[Ob
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"{overlay}: {obj['kind']}/{obj['metadata']['name']} is invalid for Kubernetes "
-                            f"{version}: {exc.message}")
+                pytest.fail(
+                    f"{overlay}: {obj['kind']}/{obj['metadata']['name']} is invalid for Kubernetes "
+                    f"{version}: {exc.message}"
+                )
     assert [c["kind"] for c in crds] == ["ServiceMonitor"]
 
 
@@ -114,6 +124,7 @@ def test_everything_in_one_namespace(rendered: dict[str, list[Obj]], overlay: st
 
 
 # --- the Deployment -----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes(rendered: dict[str, list[Obj]], overlay: str) -> None:
@@ -193,8 +204,9 @@ def test_spread_over_nodes(rendered: dict[str, list[Obj]], overlay: str) -> None
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_settings_come_from_the_configmap(rendered: dict[str, list[Obj]], overlay: str,
-                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_settings_come_from_the_configmap(
+    rendered: dict[str, list[Obj]], overlay: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     objs = rendered[overlay]
     data = config(objs)
     assert data["LSTM_SERVE_HOST"] == "0.0.0.0"
@@ -215,6 +227,7 @@ def test_image_tags_follow_the_project_version(rendered: dict[str, list[Obj]]) -
 
 # --- selectors ----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_selectors_pick_exactly_the_app_pods(rendered: dict[str, list[Obj]], overlay: str) -> None:
     objs = rendered[overlay]
@@ -226,8 +239,10 @@ def test_selectors_pick_exactly_the_app_pods(rendered: dict[str, list[Obj]], ove
 
     service = only(objs, "Service", APP)
     pdb = only(objs, "PodDisruptionBudget", APP)
-    for name, selector in (("Service", service["spec"]["selector"]),
-                           ("PodDisruptionBudget", pdb["spec"]["selector"]["matchLabels"])):
+    for name, selector in (
+        ("Service", service["spec"]["selector"]),
+        ("PodDisruptionBudget", pdb["spec"]["selector"]["matchLabels"]),
+    ):
         assert matches(selector, labels), f"{name} selector {selector} misses the pods {labels}"
         assert not any(matches(selector, o) for o in others), f"{name} selector also picks other pods"
 
@@ -245,11 +260,21 @@ def test_service_monitor(rendered: dict[str, list[Obj]], overlay: str) -> None:
     monitor = only(objs, "ServiceMonitor", APP)
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
-    assert set(monitor["spec"]) <= {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels",
-                                    "podTargetLabels", "sampleLimit"}
+    assert set(monitor["spec"]) <= {
+        "selector",
+        "endpoints",
+        "namespaceSelector",
+        "jobLabel",
+        "targetLabels",
+        "podTargetLabels",
+        "sampleLimit",
+    }
     service = only(objs, "Service", APP)
-    selected = [s for s in of_kind(objs, "Service")
-                if matches(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+    selected = [
+        s
+        for s in of_kind(objs, "Service")
+        if matches(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
     assert selected == [service], "the ServiceMonitor must select the lstm-serve Service, and only it"
     service_ports = {p["name"] for p in service["spec"]["ports"]}
     for endpoint in monitor["spec"]["endpoints"]:
@@ -261,6 +286,7 @@ def test_service_monitor(rendered: dict[str, list[Obj]], overlay: str) -> None:
 
 
 # --- replicas and scaling per overlay -----------------------------------------------------------------------------
+
 
 def test_memory_overlay_is_one_replica(rendered: dict[str, list[Obj]]) -> None:
     objs = rendered["memory"]
@@ -320,6 +346,7 @@ def test_gpu_overlay(rendered: dict[str, list[Obj]]) -> None:
 
 
 # --- components ---------------------------------------------------------------------------------------------------
+
 
 def test_snapshot_component(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     objs = kustomize_with(tmp_path, "memory", ["snapshot"])

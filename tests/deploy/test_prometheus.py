@@ -29,8 +29,7 @@ RULE_TESTS = sorted((PROMETHEUS / "tests").glob("*.test.yml"))
 
 def promtool(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     tool = require_tool("promtool")
-    return subprocess.run([tool, *map(str, args)], capture_output=True, text=True, timeout=60, cwd=cwd,
-                          check=False)
+    return subprocess.run([tool, *map(str, args)], capture_output=True, text=True, timeout=60, cwd=cwd, check=False)
 
 
 def test_check_config() -> None:
@@ -64,8 +63,9 @@ def test_alerts_cover_the_basics() -> None:
     rules = alerts()
     exprs = {str(r["alert"]): str(r["expr"]) for r in rules}
     assert any('up{job="lstm-serve"}' in e for e in exprs.values()), "an alert for a replica down"
-    assert any("histogram_quantile(0.99" in e and "lstm_serve_request_latency_seconds" in e
-               for e in exprs.values()), "an alert on p99 latency"
+    assert any("histogram_quantile(0.99" in e and "lstm_serve_request_latency_seconds" in e for e in exprs.values()), (
+        "an alert on p99 latency"
+    )
     assert any("lstm_serve_sessions_evicted_total" in e for e in exprs.values()), "an alert on evictions"
     for rule in rules:
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]

@@ -26,8 +26,9 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, model_path: Path, workdir: Path, name: str, env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, model_path: Path, workdir: Path, name: str, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.model_path = model_path
         self.name = name
         self.port = free_port()
@@ -41,8 +42,22 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProcess:
-        cmd = [sys.executable, "-m", "service", "--model-path", str(self.model_path), "--host", "127.0.0.1",
-               "--port", str(self.port), "--provider", "cpu", "--max-batch-delay-ms", "1", *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "service",
+            "--model-path",
+            str(self.model_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--provider",
+            "cpu",
+            "--max-batch-delay-ms",
+            "1",
+            *self.args,
+        ]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         return self

@@ -22,8 +22,12 @@ KEY, OTHER = "e2e-key-abcdefghijklmnop", "e2e-other-key-qrstuvwxyz"
 @pytest.fixture
 def keyed(tiny_model_path: Path, tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
     metrics_port = free_port()
-    server = ServerProcess(tiny_model_path, tmp_path, "keyed", env={
-        "LSTM_SERVE_API_KEYS": f"{KEY},{OTHER}", "LSTM_SERVE_METRICS_PORT": str(metrics_port)})
+    server = ServerProcess(
+        tiny_model_path,
+        tmp_path,
+        "keyed",
+        env={"LSTM_SERVE_API_KEYS": f"{KEY},{OTHER}", "LSTM_SERVE_METRICS_PORT": str(metrics_port)},
+    )
     server.start()
     try:
         server.wait_ready()

@@ -51,8 +51,6 @@ LONG_TEXT = TEXT * (MAX_STEPS // len(TEXT) + 2)  # what a client that stepped th
 WAIT_S = 60.0  # generous: a loaded 2-core CI machine
 
 
-
-
 def wait_for(condition: Callable[[], bool], what: str, within: float = WAIT_S) -> None:
     deadline = time.monotonic() + within
     while not condition():
@@ -105,8 +103,9 @@ class Stepper:
             return 0
         code = r.json()["error"]["code"] if r.status_code >= 400 else ""
         self.statuses[(r.status_code, code)] += 1
-        if r.status_code == 200 or (r.status_code == 409 and r.json()["error"]["details"]["position"]
-                                    == len(self.text) + 1):  # a step whose answer was lost had been applied
+        if r.status_code == 200 or (
+            r.status_code == 409 and r.json()["error"]["details"]["position"] == len(self.text) + 1
+        ):  # a step whose answer was lost had been applied
             self.acknowledge(ch, r.json()["position"] if r.status_code == 200 else len(self.text) + 1)
         elif r.status_code != 503:
             self.unexpected.append(f"{r.status_code} {r.text}")
@@ -175,7 +174,8 @@ def check_against_snapshot(stepper: Stepper, snap: Snapshot) -> int:
 
 @pytest.mark.timeout(240)
 def test_sigkill_with_memory_snapshots_keeps_every_update_acknowledged_before_the_last_snapshot(
-        launch: Launch, tmp_path: Path) -> None:
+    launch: Launch, tmp_path: Path
+) -> None:
     snapshot = tmp_path / "sessions.snapshot"
     env = {"LSTM_SERVE_SNAPSHOT_PATH": str(snapshot), "LSTM_SERVE_SNAPSHOT_INTERVAL_S": "0.3"}
     first = launch("first", **env)
@@ -185,8 +185,13 @@ def test_sigkill_with_memory_snapshots_keeps_every_update_acknowledged_before_th
     steppers, stop = new_steppers(first, 6), threading.Event()
     threads = run_threads([partial(step_until_gone, first, s, stop) for s in steppers])
     try:
-        wait_for(lambda: len([e for e in messages(first, "session snapshot written") if e.get("sessions") == 6]) >= 2
-                 and all(len(s.acks) >= 10 for s in steppers), "two snapshots of the sessions while they step")
+        wait_for(
+            lambda: (
+                len([e for e in messages(first, "session snapshot written") if e.get("sessions") == 6]) >= 2
+                and all(len(s.acks) >= 10 for s in steppers)
+            ),
+            "two snapshots of the sessions while they step",
+        )
         first.stop()  # SIGKILL, mid-traffic: no final snapshot
     finally:
         stop.set()
@@ -197,8 +202,10 @@ def test_sigkill_with_memory_snapshots_keeps_every_update_acknowledged_before_th
     snap = read_snapshot(snapshot, model["fingerprint"], (model["layers"], model["hidden_size"]))
     restored = {s.sid: check_against_snapshot(s, snap) for s in steppers}
     lost = sum(len(s.text) - restored[s.sid] for s in steppers)
-    print(f"SIGKILL: {sum(map(len, (s.text for s in steppers)))} steps acknowledged, {lost} of them after the "
-          "last snapshot (lost, as documented)")
+    print(
+        f"SIGKILL: {sum(map(len, (s.text for s in steppers)))} steps acknowledged, {lost} of them after the "
+        "last snapshot (lost, as documented)"
+    )
 
     second = launch("second", **env)
     second.wait_ready()
@@ -206,10 +213,11 @@ def test_sigkill_with_memory_snapshots_keeps_every_update_acknowledged_before_th
     with second.client() as client:
         for s in steppers:
             # The session is exactly where the snapshot left it, with that position's state.
-            assert_same_state_as_replay(client, s.sid, LONG_TEXT[:restored[s.sid]])
+            assert_same_state_as_replay(client, s.sid, LONG_TEXT[: restored[s.sid]])
             # A client carrying on from its last acknowledged position is told where the session really is.
-            r = client.post(f"/v1/sessions/{s.sid}/predict", json={"text": s.next_char(),
-                                                                   "expected_position": len(s.text)})
+            r = client.post(
+                f"/v1/sessions/{s.sid}/predict", json={"text": s.next_char(), "expected_position": len(s.text)}
+            )
             if restored[s.sid] == len(s.text):
                 assert r.status_code == 200, r.text
             else:
@@ -243,9 +251,13 @@ class StreamReader:
 
 @pytest.mark.timeout(240)
 def test_sigterm_under_load_finishes_running_steps_and_streams_and_loses_no_acknowledged_update(
-        launch: Launch, tmp_path: Path) -> None:
-    env = {"LSTM_SERVE_SNAPSHOT_PATH": str(tmp_path / "sessions.snapshot"), "LSTM_SERVE_SNAPSHOT_INTERVAL_S": "0",
-           "LSTM_SERVE_SHUTDOWN_GRACE_S": "30"}
+    launch: Launch, tmp_path: Path
+) -> None:
+    env = {
+        "LSTM_SERVE_SNAPSHOT_PATH": str(tmp_path / "sessions.snapshot"),
+        "LSTM_SERVE_SNAPSHOT_INTERVAL_S": "0",
+        "LSTM_SERVE_SHUTDOWN_GRACE_S": "30",
+    }
     first = launch("first", **env)
     first.wait_ready()
     steppers, stop = new_steppers(first, 4), threading.Event()
@@ -300,6 +312,7 @@ def readyz_is(server: ServerProcess, status: int) -> Callable[[], bool]:
     def check() -> bool:
         with server.client() as client:
             return client.get("/readyz").status_code == status
+
     return check
 
 
@@ -318,7 +331,8 @@ def step_across(replicas: tuple[ServerProcess, ServerProcess], stepper: Stepper,
 
 @pytest.mark.timeout(240)
 def test_redis_stopped_and_restarted_gives_503_then_recovers_with_every_acknowledged_update(
-        launch: Launch, redis_server: RedisServer) -> None:
+    launch: Launch, redis_server: RedisServer
+) -> None:
     env = {"LSTM_SERVE_STATE_BACKEND": "redis", "LSTM_SERVE_REDIS_URL": redis_server.url}
     a, b = launch("a", **env), launch("b", **env)
     a.wait_ready()
@@ -331,14 +345,17 @@ def test_redis_stopped_and_restarted_gives_503_then_recovers_with_every_acknowle
         for server in (a, b):
             wait_for(readyz_is(server, 503), f"{server.name} unready while Redis is down")
         outage = sum((s.statuses for s in steppers), Counter())[(503, "state_store_unavailable")]
-        wait_for(lambda: sum((s.statuses for s in steppers), Counter())[(503, "state_store_unavailable")]
-                 > outage + 4, "the clients seeing the outage")
+        wait_for(
+            lambda: sum((s.statuses for s in steppers), Counter())[(503, "state_store_unavailable")] > outage + 4,
+            "the clients seeing the outage",
+        )
         redis_server.start()  # the same port and directory: it loads its dump
         for server in (a, b):
             wait_for(readyz_is(server, 200), f"{server.name} ready again")
         after = [len(s.acks) for s in steppers]
-        wait_for(lambda: all(len(s.acks) >= n + 5 for s, n in zip(steppers, after, strict=True)),
-                 "steps after the restart")
+        wait_for(
+            lambda: all(len(s.acks) >= n + 5 for s, n in zip(steppers, after, strict=True)), "steps after the restart"
+        )
     finally:
         stop.set()
         join(threads)
@@ -377,7 +394,8 @@ def write_real_snapshot(model_path: Path, path: Path, n: int) -> list[str]:
 
 @pytest.mark.timeout(180)
 def test_a_corrupt_snapshot_at_start_is_moved_aside_and_the_server_starts_empty(
-        launch: Launch, tmp_path: Path, tiny_model_path: Path) -> None:
+    launch: Launch, tmp_path: Path, tiny_model_path: Path
+) -> None:
     snapshot = tmp_path / "sessions.snapshot"
     old_ids = write_real_snapshot(tiny_model_path, snapshot, 3)
     damaged = snapshot.read_bytes()[: snapshot.stat().st_size // 2]  # a torn copy: the zip directory is gone
@@ -414,8 +432,22 @@ class FullDiskServer(ServerProcess):
     size limit) and a thread here copies it to the log file."""
 
     def start(self) -> FullDiskServer:
-        cmd = [sys.executable, "-m", "service", "--model-path", str(self.model_path), "--host", "127.0.0.1",
-               "--port", str(self.port), "--provider", "cpu", "--max-batch-delay-ms", "1", *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "service",
+            "--model-path",
+            str(self.model_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--provider",
+            "cpu",
+            "--max-batch-delay-ms",
+            "1",
+            *self.args,
+        ]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE, (DISK_BYTES, DISK_BYTES))
         assert self.proc.stdout is not None
@@ -453,10 +485,16 @@ def temporary_files(directory: Path) -> list[str]:
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs prlimit(2) (Linux) to fill the 'disk'")
 def test_a_full_disk_while_snapshotting_keeps_the_previous_snapshot_and_the_server_serving(
-        launch: Launch, tmp_path: Path) -> None:
+    launch: Launch, tmp_path: Path
+) -> None:
     snapshot = tmp_path / "sessions.snapshot"
-    server = launch("full-disk", FullDiskServer, LSTM_SERVE_SNAPSHOT_PATH=str(snapshot),
-                    LSTM_SERVE_SNAPSHOT_INTERVAL_S="0.3", LSTM_SERVE_SHUTDOWN_GRACE_S="10")
+    server = launch(
+        "full-disk",
+        FullDiskServer,
+        LSTM_SERVE_SNAPSHOT_PATH=str(snapshot),
+        LSTM_SERVE_SNAPSHOT_INTERVAL_S="0.3",
+        LSTM_SERVE_SHUTDOWN_GRACE_S="10",
+    )
     server.wait_ready()
     with server.client() as client:
         model = client.get("/v1/model").json()
@@ -492,8 +530,9 @@ def test_sigterm_while_the_disk_is_full_exits_non_zero(launch: Launch, tmp_path:
     """A final snapshot that cannot be written loses the sessions since the last good one: the process says so
     with exit status 1 (not a clean 0), so a supervisor or operator can tell."""
     snapshot = tmp_path / "sessions.snapshot"
-    server = launch("full-disk-exit", FullDiskServer, LSTM_SERVE_SNAPSHOT_PATH=str(snapshot),
-                    LSTM_SERVE_SNAPSHOT_INTERVAL_S="0")
+    server = launch(
+        "full-disk-exit", FullDiskServer, LSTM_SERVE_SNAPSHOT_PATH=str(snapshot), LSTM_SERVE_SNAPSHOT_INTERVAL_S="0"
+    )
     server.wait_ready()
     with server.client() as client:
         for _ in range(250):  # more state than the disk holds

@@ -43,9 +43,26 @@ def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_SERVE_")}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--model-path", str(tiny_model_path), "--host", "127.0.0.1",
-             "--port", str(port), "--provider", "cpu", "--max-batch-size", "64"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "--model-path",
+                str(tiny_model_path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--provider",
+                "cpu",
+                "--max-batch-size",
+                "64",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -90,8 +107,9 @@ def test_tritonclient_sequence_equals_session_predict(server: str) -> None:
                 tensor.set_data_from_numpy(np.array([ids[start : start + len(piece)]], dtype=np.int64))
                 start += len(piece)
                 # tritonclient's defaults: binary input tensors, binary outputs (none named).
-                result = client.infer(MODEL, [tensor], sequence_id=1234, sequence_start=n == 0,
-                                      sequence_end=n == len(pieces) - 1)
+                result = client.infer(
+                    MODEL, [tensor], sequence_id=1234, sequence_start=n == 0, sequence_end=n == len(pieces) - 1
+                )
                 logits = result.as_numpy("logits")
                 assert logits.shape == (1, 76) and logits.dtype == np.float32
                 predicted = session.predict(piece, top_k=76)
@@ -116,16 +134,24 @@ def test_openai_client_streams_a_completion(server: str) -> None:
     client = openai.OpenAI(base_url=f"http://{server}/v1", api_key="unused")
     assert [m.id for m in client.models.list()] == [MODEL]
     whole = client.completions.create(model=MODEL, prompt="ROMEO:\n", max_tokens=30, temperature=0.8, seed=11)
-    stream = client.completions.create(model=MODEL, prompt="ROMEO:\n", max_tokens=30, temperature=0.8, seed=11,
-                                       stream=True)
+    stream = client.completions.create(
+        model=MODEL, prompt="ROMEO:\n", max_tokens=30, temperature=0.8, seed=11, stream=True
+    )
     chunks = list(stream)
     assert len(chunks) > 1 and chunks[-1].choices[0].finish_reason == "length"
     assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
     assert whole.usage is not None and whole.usage.completion_tokens == 30
     # session_id continues a session instead of starting fresh.
     with Client(f"http://{server}") as lstm, lstm.create_session(text="ROMEO:") as session:
-        continued = client.completions.create(model=MODEL, prompt="\n", max_tokens=30, temperature=0.8, seed=11,
-                                              stream=True, extra_body={"session_id": session.id})
+        continued = client.completions.create(
+            model=MODEL,
+            prompt="\n",
+            max_tokens=30,
+            temperature=0.8,
+            seed=11,
+            stream=True,
+            extra_body={"session_id": session.id},
+        )
         assert "".join(c.choices[0].text for c in continued) == whole.choices[0].text
         assert session.info().position == len("ROMEO:\n") + 30
     with pytest.raises(openai.NotFoundError):
@@ -146,8 +172,11 @@ def test_python_client_over_tcp(server: str) -> None:
 def test_sse_client_that_disconnects_stops_the_generation(server: str) -> None:
     with Client(f"http://{server}") as lstm, lstm.create_session(text="ROMEO:\n") as session:
         received: list[dict[str, object]] = []
-        with httpx.stream("POST", f"http://{server}/v1/sessions/{session.id}/generate",
-                          json={"max_tokens": 1000, "temperature": 0, "stream": True}) as response:
+        with httpx.stream(
+            "POST",
+            f"http://{server}/v1/sessions/{session.id}/generate",
+            json={"max_tokens": 1000, "temperature": 0, "stream": True},
+        ) as response:
             decoder = SSEDecoder()
             for chunk in response.iter_raw():
                 received += [json.loads(e.data) for e in decoder.feed(chunk)]
@@ -160,8 +189,9 @@ def test_sse_client_that_disconnects_stops_the_generation(server: str) -> None:
             position, previous = session.info().position, position
         assert 7 + 3 <= position < 7 + 1000
         # What the session kept is a prefix of the generation, and its state is exactly that prefix's.
-        kept = httpx.post(f"http://{server}/v1/generate", json={"text": "ROMEO:\n", "max_tokens": position - 7,
-                                                                 "temperature": 0}).json()["text"]
+        kept = httpx.post(
+            f"http://{server}/v1/generate", json={"text": "ROMEO:\n", "max_tokens": position - 7, "temperature": 0}
+        ).json()["text"]
         assert kept.startswith("".join(str(e["token"]) for e in received[:3]))
         after = session.predict("a", top_k=5)
         whole = lstm.predict("ROMEO:\n" + kept + "a", top_k=5)

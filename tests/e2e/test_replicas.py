@@ -24,8 +24,6 @@ pytestmark = pytest.mark.e2e
 TEXT = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate:"
 
 
-
-
 @pytest.fixture
 def replicas(launch: Launch, redis_server: RedisServer) -> tuple[ServerProcess, ServerProcess]:
     env = {"LSTM_SERVE_STATE_BACKEND": "redis", "LSTM_SERVE_REDIS_URL": redis_server.url}
@@ -56,7 +54,8 @@ def no_unhandled_errors(*servers: ServerProcess) -> None:
 
 
 def test_a_session_moves_between_replicas_with_identical_predictions(
-        replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
     a, b = replicas
     pieces = ["Shall I", " compare", " thee to", " a summer's", " day?"]
     with a.client() as ca, b.client() as cb:
@@ -82,7 +81,8 @@ def test_a_session_moves_between_replicas_with_identical_predictions(
 
 
 def test_concurrent_steps_from_both_replicas_are_applied_exactly_once(
-        replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
     a, b = replicas
     steps = 25
     with a.client() as ca, b.client() as cb:
@@ -114,7 +114,8 @@ def test_concurrent_steps_from_both_replicas_are_applied_exactly_once(
 
 
 def test_sigkill_mid_way_the_session_continues_on_the_other_replica(
-        replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
     # Streaming generation is not there yet: the "stream" here is a loop of one-character session steps, each
     # acknowledged by its response; A is killed with SIGKILL at a random moment in the loop.
     a, b = replicas
@@ -150,7 +151,7 @@ def test_sigkill_mid_way_the_session_continues_on_the_other_replica(
             assert r.status_code == 200, r.text
         acked += pending
         start = len(acked) % len(TEXT)
-        rest = (TEXT * 2)[start:start + 10]
+        rest = (TEXT * 2)[start : start + 10]
         for ch in rest:
             r = cb.post(f"/v1/sessions/{sid}/predict", json={"text": ch, "expected_position": len(acked)})
             assert r.status_code == 200, r.text

@@ -31,9 +31,26 @@ def test_server_process_readme_flow(tiny_model_path: Path, tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_SERVE_")}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--model-path", str(tiny_model_path), "--host", "127.0.0.1",
-             "--port", str(port), "--provider", "cpu", "--max-batch-delay-ms", "1"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "--model-path",
+                str(tiny_model_path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--provider",
+                "cpu",
+                "--max-batch-delay-ms",
+                "1",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=10) as client:

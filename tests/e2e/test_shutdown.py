@@ -25,8 +25,10 @@ class SlowRequest:
     def __init__(self, port: int, method: str, path: str, body: dict[str, Any]) -> None:
         self.body = json.dumps(body).encode()
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(self.body)}\r\n\r\n").encode()
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(self.body)}\r\n\r\n"
+        ).encode()
         self.sock.sendall(head + self.body[:1])
 
     def finish(self) -> tuple[int, dict[str, Any]]:
@@ -48,8 +50,7 @@ def refused(port: int) -> bool:
 
 
 @pytest.mark.e2e
-def test_sigterm_finishes_running_work_refuses_new_sessions_and_restores_them(
-        launch: Launch, tmp_path: Path) -> None:
+def test_sigterm_finishes_running_work_refuses_new_sessions_and_restores_them(launch: Launch, tmp_path: Path) -> None:
     snapshot = tmp_path / "sessions.snapshot"
     env = {"LSTM_SERVE_SNAPSHOT_PATH": str(snapshot), "LSTM_SERVE_SHUTDOWN_GRACE_S": "20"}
     first = launch("first", **env)
@@ -71,8 +72,11 @@ def test_sigterm_finishes_running_work_refuses_new_sessions_and_restores_them(
     assert status == 200 and body["position"] == 16  # a running request on an existing session completes
     assert first.wait(timeout=30) == 0
     messages = [e.get("msg") for e in first.logs()]
-    for expected in ("shutdown requested: readiness false, refusing new sessions and streams", "drained",
-                     "session snapshot written"):
+    for expected in (
+        "shutdown requested: readiness false, refusing new sessions and streams",
+        "drained",
+        "session snapshot written",
+    ):
         assert expected in messages, messages
     assert messages.index("session snapshot written") < messages.index("drained")
     assert snapshot.exists()
@@ -110,8 +114,10 @@ def test_sigterm_exits_at_the_deadline_when_a_request_never_finishes(launch: Lau
 async def test_shutdown_refuses_new_sessions_but_serves_running_ones(tiny_model_path: Path) -> None:
     """In process, the moment after the signal (a real process stops accepting connections 0.1 s later)."""
     app = create_app(Settings(model_path=tiny_model_path, provider="cpu"))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client,
+    ):
         engine = app.state.engine
         sid = (await client.post("/v1/sessions", json={"text": "To be"})).json()["session_id"]
         assert (await client.get("/readyz")).status_code == 200

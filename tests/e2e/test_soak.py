@@ -152,16 +152,19 @@ class Worker:
         try:
             await self.timed("predict", one.session.predict("a", expected_position=one.position + 1))
         except LstmServeError as exc:
-            self.check(exc.code == "position_conflict" and exc.details.get("position") == one.position,
-                       f"stale step answered {exc}")
+            self.check(
+                exc.code == "position_conflict" and exc.details.get("position") == one.position,
+                f"stale step answered {exc}",
+            )
             self.tally.expected["409 position_conflict"] += 1
             return
         self.check(False, "a stale step was applied")
 
     async def generate(self) -> None:
         one, n = self.pick(), self.rng.randint(1, 16)
-        got = await self.timed("generate", one.session.generate(max_tokens=n, temperature=0.8,
-                                                                 seed=self.rng.randrange(2**31)))
+        got = await self.timed(
+            "generate", one.session.generate(max_tokens=n, temperature=0.8, seed=self.rng.randrange(2**31))
+        )
         one.position += n
         self.check(got.position == one.position and len(got.tokens) == n, f"generate at {got.position}")
 
@@ -246,8 +249,9 @@ class MemoryProbe:
 @pytest.fixture
 def soak_server(tiny_model_path: Path, tmp_path: Path) -> Iterator[ServerProcess]:
     """One real server, room for every soak session, default batching; killed at the end whatever happened."""
-    server = ServerProcess(tiny_model_path, tmp_path, "soak",
-                           env={"LSTM_SERVE_MAX_SESSIONS": str(SESSIONS * MAX_OWNED * 2)}).start()
+    server = ServerProcess(
+        tiny_model_path, tmp_path, "soak", env={"LSTM_SERVE_MAX_SESSIONS": str(SESSIONS * MAX_OWNED * 2)}
+    ).start()
     try:
         server.wait_ready()
         yield server
@@ -301,15 +305,24 @@ async def run_soak(server: ServerProcess, plan: SoakPlan) -> dict[str, Any]:
         active, gauge = await active_sessions(plain)
     every = [s for values in tally.latency.values() for s in values]
     return {
-        "sessions": SESSIONS, "seconds": round(elapsed, 1), "requests": tally.requests,
-        "requests_per_s": round(tally.requests / elapsed, 1), "unexpected_errors": len(tally.unexpected),
-        "unexpected_sample": tally.unexpected[:10], "expected_errors": dict(tally.expected),
-        "p50_ms": round(percentile(every, 50) * 1000, 1), "p99_ms": round(percentile(every, 99) * 1000, 1),
+        "sessions": SESSIONS,
+        "seconds": round(elapsed, 1),
+        "requests": tally.requests,
+        "requests_per_s": round(tally.requests / elapsed, 1),
+        "unexpected_errors": len(tally.unexpected),
+        "unexpected_sample": tally.unexpected[:10],
+        "expected_errors": dict(tally.expected),
+        "p50_ms": round(percentile(every, 50) * 1000, 1),
+        "p99_ms": round(percentile(every, 99) * 1000, 1),
         "p99_ms_by_op": {op: round(percentile(v, 99) * 1000, 1) for op, v in sorted(tally.latency.items())},
         "requests_by_op": {op: len(v) for op, v in sorted(tally.latency.items())},
-        "rss_warm_mb": round(rss_warm / 2**20, 1), "rss_end_mb": round(rss_end / 2**20, 1),
-        "rss_growth": round(rss_end / rss_warm - 1, 4), "active_after": active, "gauge_after": gauge,
-        "server_cpu_s": round(server_cpu, 1), "client_cpu_s": round(client_cpu, 1),
+        "rss_warm_mb": round(rss_warm / 2**20, 1),
+        "rss_end_mb": round(rss_end / 2**20, 1),
+        "rss_growth": round(rss_end / rss_warm - 1, 4),
+        "active_after": active,
+        "gauge_after": gauge,
+        "server_cpu_s": round(server_cpu, 1),
+        "client_cpu_s": round(client_cpu, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 

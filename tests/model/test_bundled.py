@@ -28,7 +28,9 @@ def test_bundled_model_carries_everything_needed_to_serve_it() -> None:
 def test_evaluate_command_measures_the_bar_through_onnx_runtime() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "service.cli", "evaluate", "--max-loss", str(QUALITY_BAR)],
-        capture_output=True, text=True, timeout=240,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "nats/char" in out.stdout and "through ONNX Runtime" in out.stdout

@@ -11,8 +11,30 @@ from service.cli import main
 
 def test_train_export_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ckpt, onnx_path = tmp_path / "tiny.pt", tmp_path / "tiny.onnx"
-    assert main(["train", "--out", str(ckpt), "--steps", "4", "--eval-every", "4", "--batch-size", "8",
-                 "--seq-len", "16", "--hidden-size", "8", "--embed-size", "4", "--layers", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(ckpt),
+                "--steps",
+                "4",
+                "--eval-every",
+                "4",
+                "--batch-size",
+                "8",
+                "--seq-len",
+                "16",
+                "--hidden-size",
+                "8",
+                "--embed-size",
+                "4",
+                "--layers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(onnx_path), "--name", "tiny"]) == 0
     card = (tmp_path / "MODEL_CARD.md").read_text()
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

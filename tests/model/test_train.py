@@ -12,8 +12,9 @@ TEXT = "to be or not to be, that is the question.\n" * 60
 
 def test_loss_falls_on_a_tiny_corpus(tmp_path: Path) -> None:
     cfg = TrainConfig(steps=60, batch_size=4, seq_len=32, lr=1e-2, warmup_steps=5, eval_every=30, seed=0)
-    summary = train(TEXT, TEXT[:400], {"hidden_size": 32, "embed_size": 8, "num_layers": 1}, cfg,
-                    tmp_path / "c.pt", progress=False)
+    summary = train(
+        TEXT, TEXT[:400], {"hidden_size": 32, "embed_size": 8, "num_layers": 1}, cfg, tmp_path / "c.pt", progress=False
+    )
     first, last = summary["history"][0], summary["history"][-1]
     assert first["val_loss"] < math.log(16)  # below a uniform guess over the 16 characters
     assert last["val_loss"] < 0.75 * first["val_loss"]
@@ -21,8 +22,14 @@ def test_loss_falls_on_a_tiny_corpus(tmp_path: Path) -> None:
 
 def test_checkpoint_rebuilds_the_model_exactly(tmp_path: Path) -> None:
     cfg = TrainConfig(steps=4, batch_size=2, seq_len=16, eval_every=4, seed=1)
-    train(TEXT, TEXT[:200], {"hidden_size": 8, "embed_size": 4, "num_layers": 2, "peephole": True}, cfg,
-          tmp_path / "c.pt", progress=False)
+    train(
+        TEXT,
+        TEXT[:200],
+        {"hidden_size": 8, "embed_size": 4, "num_layers": 2, "peephole": True},
+        cfg,
+        tmp_path / "c.pt",
+        progress=False,
+    )
     model, tok, meta = load_checkpoint(tmp_path / "c.pt")
     assert model.config.peephole and model.config.num_layers == 2 and tok.decode(tok.encode("to be")) == "to be"
     assert meta["train_config"]["steps"] == 4 and meta["history"]

@@ -21,8 +21,12 @@ SettingsFactory = Callable[..., Settings]
 @pytest.fixture
 def make_settings(tiny_model_path: Path) -> SettingsFactory:
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"model_path": tiny_model_path, "provider": "cpu", "max_batch_delay_ms": 2.0,
-                                  "max_sessions": 1000}
+        values: dict[str, Any] = {
+            "model_path": tiny_model_path,
+            "provider": "cpu",
+            "max_batch_delay_ms": 2.0,
+            "max_sessions": 1000,
+        }
         values.update(overrides)
         return Settings(**values)
 

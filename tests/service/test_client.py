@@ -42,8 +42,10 @@ def decode_all(chunks: list[bytes]) -> list[ServerSentEvent]:
 
 
 def test_sse_basic_fields() -> None:
-    stream = (b": ping\r\n\r\ndata: one\r\n\r\nevent: custom\nid: 9\nretry: 50\ndata:two\ndata:  three\ndata\n\n"
-              b"data: four\r\rdata: unterminated")
+    stream = (
+        b": ping\r\n\r\ndata: one\r\n\r\nevent: custom\nid: 9\nretry: 50\ndata:two\ndata:  three\ndata\n\n"
+        b"data: four\r\rdata: unterminated"
+    )
     assert decode_all([stream]) == [
         ServerSentEvent("one"),
         ServerSentEvent("two\n three\n", event="custom", id="9", retry=50),
@@ -68,8 +70,10 @@ def test_sse_crlf_split_across_chunks_is_one_line_end() -> None:
     assert decoder.feed(b"\ndata: b\r\n\r\n") == [ServerSentEvent("a"), ServerSentEvent("b")]
 
 
-SAMPLE = ("data: {\"token\": \"é\", \"id\": 1}\r\n\r\n: ping - 2030-01-01 00:00:00\r\n\r\ndata: 漢字\rdata: x\r\r"
-          "event: e\ndata: [DONE]\n\n").encode()
+SAMPLE = (
+    'data: {"token": "é", "id": 1}\r\n\r\n: ping - 2030-01-01 00:00:00\r\n\r\ndata: 漢字\rdata: x\r\r'
+    "event: e\ndata: [DONE]\n\n"
+).encode()
 
 
 @settings(max_examples=200, deadline=None)
@@ -77,20 +81,35 @@ SAMPLE = ("data: {\"token\": \"é\", \"id\": 1}\r\n\r\n: ping - 2030-01-01 00:00
 def test_sse_any_chunking_gives_the_same_events(cuts: list[int]) -> None:
     bounds = [0, *sorted(cuts), len(SAMPLE)]
     chunks = [SAMPLE[a:b] for a, b in itertools.pairwise(bounds)]
-    assert decode_all(chunks) == decode_all([SAMPLE]) == [
-        ServerSentEvent('{"token": "é", "id": 1}'), ServerSentEvent("漢字\nx"), ServerSentEvent("[DONE]", event="e"),
-    ]
+    assert (
+        decode_all(chunks)
+        == decode_all([SAMPLE])
+        == [
+            ServerSentEvent('{"token": "é", "id": 1}'),
+            ServerSentEvent("漢字\nx"),
+            ServerSentEvent("[DONE]", event="e"),
+        ]
+    )
 
 
 # --- errors ---------------------------------------------------------------------------------------------------
 
 
 def test_error_from_the_server_shape() -> None:
-    body = {"error": {"code": "position_conflict", "message": "session 'x' is at position 5",
-                      "details": {"expected_position": 4, "position": 5}}}
+    body = {
+        "error": {
+            "code": "position_conflict",
+            "message": "session 'x' is at position 5",
+            "details": {"expected_position": 4, "position": 5},
+        }
+    }
     error = error_from_response(httpx.Response(409, json=body))
     assert (error.status, error.code, error.message, error.retry_after) == (
-        409, "position_conflict", "session 'x' is at position 5", None)
+        409,
+        "position_conflict",
+        "session 'x' is at position 5",
+        None,
+    )
     assert error.details == {"expected_position": 4, "position": 5}
     assert "409 position_conflict" in str(error)
 
@@ -149,8 +168,14 @@ class FakeServer:
     def answer(self, request: httpx.Request) -> tuple[int, Any, dict[str, str]]:
         path, method = request.url.path, request.method
         body: Any = json.loads(request.content) if request.content else {}
-        info = {"session_id": "s1", "position": 10, "created_at": "2030-01-01T00:00:00Z",
-                "last_used_at": 1893456000.5, "expires_at": EXPIRES, "ttl_seconds": 600.0}
+        info = {
+            "session_id": "s1",
+            "position": 10,
+            "created_at": "2030-01-01T00:00:00Z",
+            "last_used_at": 1893456000.5,
+            "expires_at": EXPIRES,
+            "ttl_seconds": 600.0,
+        }
         if self.missing and path.startswith("/v1/sessions/"):
             return 404, {"error": {"code": "session_not_found", "message": "session 's1' does not exist"}}, {}
         match method, path:
@@ -162,15 +187,29 @@ class FakeServer:
                 if body.get("ttl_seconds") == 0:
                     return 429, {"error": {"code": "too_many_sessions", "message": "full"}}, {"Retry-After": "3"}
                 extra = {"next": NEXT} if "text" in body else {}
-                return 201, {"session_id": "s1", "position": len(body.get("text", "")), "expires_at": EXPIRES,
-                             **extra}, {}
+                return (
+                    201,
+                    {"session_id": "s1", "position": len(body.get("text", "")), "expires_at": EXPIRES, **extra},
+                    {},
+                )
             case "POST", "/v1/sessions/s1/predict":
                 if body.get("expected_position") not in (None, 5):
-                    return 409, {"error": {"code": "position_conflict", "message": "at 5",
-                                           "details": {"expected_position": body["expected_position"],
-                                                       "position": 5}}}, {}
-                return 200, {"session_id": "s1", "position": 5 + len(body["text"]), "expires_at": EXPIRES,
-                             "next": NEXT}, {}
+                    return (
+                        409,
+                        {
+                            "error": {
+                                "code": "position_conflict",
+                                "message": "at 5",
+                                "details": {"expected_position": body["expected_position"], "position": 5},
+                            }
+                        },
+                        {},
+                    )
+                return (
+                    200,
+                    {"session_id": "s1", "position": 5 + len(body["text"]), "expires_at": EXPIRES, "next": NEXT},
+                    {},
+                )
             case "POST", "/v1/sessions/s1/generate":
                 return 200, {"text": "ab", "tokens": [3, 4], "finish_reason": "stop", "position": 12}, {}
             case "GET", "/v1/sessions/s1":
@@ -180,8 +219,18 @@ class FakeServer:
             case "POST", "/v1/sessions/s1/fork":
                 return 201, {**info, "session_id": "s2", "forked_from": "s1"}, {}
             case "GET", "/v1/sessions/s1/state":
-                return 200, {"model_fingerprint": "sha256:ab", "position": 10, "shape": [2, 4], "dtype": "float32",
-                             "h": "AAAA", "c": "AAAA"}, {}
+                return (
+                    200,
+                    {
+                        "model_fingerprint": "sha256:ab",
+                        "position": 10,
+                        "shape": [2, 4],
+                        "dtype": "float32",
+                        "h": "AAAA",
+                        "c": "AAAA",
+                    },
+                    {},
+                )
             case "DELETE", "/v1/sessions/s1" | "/v1/sessions/s2":
                 return 204, None, {}
         return 404, {"error": {"code": "not_found", "message": f"no route {method} {path}"}}, {}
@@ -192,8 +241,9 @@ class FakeServer:
     def sync(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if self.is_stream(request):
-            return httpx.Response(self.stream_status, headers={"content-type": "text/event-stream"},
-                                  content=iter(self.stream))
+            return httpx.Response(
+                self.stream_status, headers={"content-type": "text/event-stream"}, content=iter(self.stream)
+            )
         status, body, headers = self.answer(request)
         return httpx.Response(status, json=body, headers=headers) if body is not None else httpx.Response(status)
 
@@ -205,8 +255,7 @@ class FakeServer:
                 for chunk in self.stream:
                     yield chunk
 
-            return httpx.Response(self.stream_status, headers={"content-type": "text/event-stream"},
-                                  content=chunks())
+            return httpx.Response(self.stream_status, headers={"content-type": "text/event-stream"}, content=chunks())
         return self.sync(request)
 
     def sent(self, index: int = -1) -> tuple[str, str, Any]:
@@ -253,13 +302,18 @@ def test_session_lifecycle(client: Client, server: FakeServer) -> None:
         assert session.next is not None and session.next[0].token == "e"
 
         assert session.predict("abc", expected_position=5).position == 8
-        assert server.sent() == ("POST", "/v1/sessions/s1/predict", {"text": "abc", "top_k": 5,
-                                                                      "expected_position": 5})
+        assert server.sent() == ("POST", "/v1/sessions/s1/predict", {"text": "abc", "top_k": 5, "expected_position": 5})
         assert session.position == 8
 
         info = session.info()
-        assert info == SessionInfo("s1", 10, datetime(2030, 1, 1, tzinfo=UTC),
-                                   datetime.fromtimestamp(1893456000.5, tz=UTC), session.expires_at, 600.0)
+        assert info == SessionInfo(
+            "s1",
+            10,
+            datetime(2030, 1, 1, tzinfo=UTC),
+            datetime.fromtimestamp(1893456000.5, tz=UTC),
+            session.expires_at,
+            600.0,
+        )
         assert session.position == 10
         assert session.reset().position == 0 and session.position == 0
 
@@ -308,8 +362,14 @@ def test_generate(client: Client, server: FakeServer) -> None:
     session = client.session("s1", position=10)
     result = session.generate(max_tokens=2, temperature=0.5, top_p=0.9, seed=2**64 - 1, stop=["\n"])
     assert result == Generation("ab", [3, 4], "stop", 12)
-    assert server.sent()[2] == {"max_tokens": 2, "temperature": 0.5, "top_p": 0.9, "seed": 2**64 - 1,
-                                "stop": ["\n"], "stream": False}
+    assert server.sent()[2] == {
+        "max_tokens": 2,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "seed": 2**64 - 1,
+        "stop": ["\n"],
+        "stream": False,
+    }
     assert session.position == 12
 
 
@@ -339,8 +399,9 @@ def test_stream_collect_and_missing_done(client: Client, server: FakeServer) -> 
         ((TOKENS[0], "{not json"), "invalid_response"),
     ],
 )
-def test_stream_failures_raise_after_the_tokens_before_them(client: Client, server: FakeServer,
-                                                           events: tuple[object, ...], code: str) -> None:
+def test_stream_failures_raise_after_the_tokens_before_them(
+    client: Client, server: FakeServer, events: tuple[object, ...], code: str
+) -> None:
     server.stream = sse(*events)
     stream = client.session("s1").stream()
     got: list[TokenEvent] = []
@@ -419,4 +480,3 @@ async def test_async_collect_close_and_missing_session(server: FakeServer) -> No
         with pytest.raises(LstmServeError) as info:
             await client.session("s1").delete()
         assert info.value.status == 404
-

@@ -56,8 +56,9 @@ async def test_async_client_errors_carry_the_code(lstm: AsyncClient) -> None:
     await session.delete()
 
 
-async def test_stream_error_midway_raises_after_the_tokens(lstm: AsyncClient, client: AppClient,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_stream_error_midway_raises_after_the_tokens(
+    lstm: AsyncClient, client: AppClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from service.engine.errors import Draining
 
     session = await lstm.create_session(text="To be")

@@ -30,12 +30,23 @@ def test_environment(monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path) -> 
     assert (s.max_batch_size, s.provider, s.log_level, s.log_json) == (7, "cpu", "DEBUG", False)
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("max_batch_size", 0), ("provider", "gpu"), ("port", 70000), ("max_batch_delay_ms", -1),
-    ("graph_optimization", "max"), ("max_sessions", 0), ("session_ttl_s", 0), ("state_backend", "disk"),
-    ("intra_op_threads", -1), ("model_path", "/does/not/exist.onnx"), ("snapshot_path", "/no/such/dir/snap"),
-    ("unknown_setting", 1),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_batch_size", 0),
+        ("provider", "gpu"),
+        ("port", 70000),
+        ("max_batch_delay_ms", -1),
+        ("graph_optimization", "max"),
+        ("max_sessions", 0),
+        ("session_ttl_s", 0),
+        ("state_backend", "disk"),
+        ("intra_op_threads", -1),
+        ("model_path", "/does/not/exist.onnx"),
+        ("snapshot_path", "/no/such/dir/snap"),
+        ("unknown_setting", 1),
+    ],
+)
 def test_invalid_settings_fail_fast(tiny_model_path: Path, field: str, value: Any) -> None:
     values: dict[str, Any] = {"model_path": tiny_model_path, field: value}
     with pytest.raises(ValidationError) as info:
@@ -50,8 +61,9 @@ def test_cross_field_rules(tiny_model_path: Path) -> None:
         Settings(model_path=tiny_model_path, state_backend="redis", redis_url="http://x")
 
 
-def test_every_setting_is_a_serve_flag_and_flags_override_env(monkeypatch: pytest.MonkeyPatch,
-                                                              tiny_model_path: Path) -> None:
+def test_every_setting_is_a_serve_flag_and_flags_override_env(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path
+) -> None:
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     serve = commands.choices["serve"]
@@ -59,15 +71,15 @@ def test_every_setting_is_a_serve_flag_and_flags_override_env(monkeypatch: pytes
     for name in Settings.model_fields:
         assert "--" + name.replace("_", "-") in flags, name
     monkeypatch.setenv("LSTM_SERVE_MAX_BATCH_SIZE", "7")
-    args = parser.parse_args(["serve", "--model-path", str(tiny_model_path), "--max-batch-size", "3",
-                              "--no-log-json"])
+    args = parser.parse_args(["serve", "--model-path", str(tiny_model_path), "--max-batch-size", "3", "--no-log-json"])
     overrides = {k: getattr(args, k) for k in Settings.model_fields if hasattr(args, k)}
     s = Settings(**overrides)
     assert s.max_batch_size == 3 and s.log_json is False and s.model_path == tiny_model_path
 
 
-def test_serve_with_invalid_settings_exits_with_a_clear_message(capsys: pytest.CaptureFixture[str],
-                                                                tiny_model_path: Path) -> None:
+def test_serve_with_invalid_settings_exits_with_a_clear_message(
+    capsys: pytest.CaptureFixture[str], tiny_model_path: Path
+) -> None:
     code = cli.main(["serve", "--model-path", str(tiny_model_path), "--max-batch-size", "0", "--provider", "tpu"])
     err = capsys.readouterr().err
     assert code == 2

@@ -72,8 +72,11 @@ async def test_another_keys_session_does_not_exist_on_any_route(app_factory: App
             ("POST", f"/v1/sessions/{sid}/reset", None),
             ("POST", f"/v1/sessions/{sid}/inspect", {"text": "a"}),
             ("DELETE", f"/v1/sessions/{sid}", None),
-            ("POST", "/v1/completions", {"model": client.engine.metadata.name, "prompt": "a", "max_tokens": 2,
-                                         "session_id": sid}),
+            (
+                "POST",
+                "/v1/completions",
+                {"model": client.engine.metadata.name, "prompt": "a", "max_tokens": 2, "session_id": sid},
+            ),
         ]
         for method, url, body in attempts:
             r = await client.request(method, url, json=body, headers=B)
@@ -104,8 +107,10 @@ async def test_v2_sequence_ids_are_namespaced_by_key(app_factory: AppFactory) ->
         name = client.engine.metadata.name
 
         async def infer(headers: dict[str, str], ids: list[int], **params: Any) -> httpx.Response:
-            body = {"inputs": [{"name": "input_ids", "shape": [1, len(ids)], "datatype": "INT64", "data": ids}],
-                    "parameters": {"sequence_id": 1, **params}}
+            body = {
+                "inputs": [{"name": "input_ids", "shape": [1, len(ids)], "datatype": "INT64", "data": ids}],
+                "parameters": {"sequence_id": 1, **params},
+            }
             return await client.post(f"/v2/models/{name}/infer", json=body, headers=headers)
 
         assert (await infer(A, [3, 4], sequence_start=True)).status_code == 200
@@ -131,8 +136,10 @@ async def test_rate_limit_per_key(app_factory: AppFactory) -> None:
 async def test_sessions_per_key(app_factory: AppFactory) -> None:
     async with app_factory(**KEYS, max_sessions_per_key=2) as client:
         ids = [(await client.post("/v1/sessions", headers=A)).json()["session_id"] for _ in range(2)]
-        for refused in (await client.post("/v1/sessions", headers=A),
-                        await client.post(f"/v1/sessions/{ids[0]}/fork", headers=A)):
+        for refused in (
+            await client.post("/v1/sessions", headers=A),
+            await client.post(f"/v1/sessions/{ids[0]}/fork", headers=A),
+        ):
             assert refused.status_code == 429
             assert refused.json()["error"]["code"] == "too_many_sessions"
             assert refused.json()["error"]["details"]["per_key"] is True
@@ -154,12 +161,14 @@ def test_too_many_streams_is_429_with_retry_after() -> None:
 
 async def test_limits_are_counted(client: AppClient) -> None:
     limit = client.engine.settings.max_text_length
-    assert (await client.post("/v1/predict", json={"text": "a" * (limit + 1)})).json()["error"]["code"] == \
-        "text_too_long"
+    assert (await client.post("/v1/predict", json={"text": "a" * (limit + 1)})).json()["error"][
+        "code"
+    ] == "text_too_long"
     r = await client.post("/v1/generate", json={"text": "a", "max_tokens": 1001})
     assert r.status_code == 422 and r.json()["error"]["code"] == "too_many_tokens"
-    big = await client.post("/v1/predict", content=b"{" + b" " * 2_000_000 + b"}",
-                            headers={"content-type": "application/json"})
+    big = await client.post(
+        "/v1/predict", content=b"{" + b" " * 2_000_000 + b"}", headers={"content-type": "application/json"}
+    )
     assert big.status_code == 413
     metrics = (await client.get("/metrics")).text
     for reason in ("text_too_long", "too_many_tokens", "payload_too_large"):

@@ -66,8 +66,9 @@ async def sid(client: AppClient) -> str:
     return await new_session(client)
 
 
-async def refused_unchanged(client: AppClient, sid: str, method: str, path: str, content: bytes,
-                            status: int, code: str) -> dict[str, Any]:
+async def refused_unchanged(
+    client: AppClient, sid: str, method: str, path: str, content: bytes, status: int, code: str
+) -> dict[str, Any]:
     """Send the request; it must fail with (status, code), and neither the session nor the session count moved."""
     before, count = await snapshot(client, sid), await active(client)
     r = await client.request(method, path, content=content, headers=JSON_HEADERS)
@@ -110,15 +111,15 @@ NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"]
 
 @pytest.mark.parametrize("field", ["temperature", "top_p"])
 @pytest.mark.parametrize("value", NON_FINITE)
-async def test_non_finite_sampling_parameters_are_refused(client: AppClient, sid: str, field: str,
-                                                          value: str) -> None:
+async def test_non_finite_sampling_parameters_are_refused(client: AppClient, sid: str, field: str, value: str) -> None:
     generate = f"/v1/sessions/{sid}/generate"
     for stream in ("false", "true"):  # a stream's errors come before it starts, with their status
         body = raw(f'{{"text": "ab", "max_tokens": 3, "{field}": {value}, "stream": {stream}}}')
         err = await refused_unchanged(client, sid, "POST", generate, body, 422, "invalid_request")
         assert field in err["message"], err
-    completion = raw(f'{{"model": "{MODEL}", "prompt": "ab", "session_id": "{sid}", "max_tokens": 3, '
-                     f'"{field}": {value}}}')
+    completion = raw(
+        f'{{"model": "{MODEL}", "prompt": "ab", "session_id": "{sid}", "max_tokens": 3, "{field}": {value}}}'
+    )
     await refused_unchanged(client, sid, "POST", "/v1/completions", completion, 422, "invalid_request")
 
 
@@ -163,8 +164,9 @@ HUGE_AND_NEGATIVE: list[tuple[str, dict[str, Any], int, str]] = [
 
 
 @pytest.mark.parametrize(("route", "fields", "status", "code"), HUGE_AND_NEGATIVE)
-async def test_huge_and_negative_numbers_are_refused(client: AppClient, sid: str, route: str,
-                                                     fields: dict[str, Any], status: int, code: str) -> None:
+async def test_huge_and_negative_numbers_are_refused(
+    client: AppClient, sid: str, route: str, fields: dict[str, Any], status: int, code: str
+) -> None:
     if route == "completions":
         path, fields = "/v1/completions", {"model": MODEL, "prompt": "a", "session_id": sid, **fields}
     else:
@@ -174,8 +176,9 @@ async def test_huge_and_negative_numbers_are_refused(client: AppClient, sid: str
 
 @pytest.mark.parametrize("ttl", ["1e308", "1e999", "-1", "0", "NaN"])
 async def test_huge_and_negative_ttls_create_nothing(client: AppClient, sid: str, ttl: str) -> None:
-    await refused_unchanged(client, sid, "POST", "/v1/sessions", raw(f'{{"ttl_seconds": {ttl}}}'), 422,
-                            "invalid_request")
+    await refused_unchanged(
+        client, sid, "POST", "/v1/sessions", raw(f'{{"ttl_seconds": {ttl}}}'), 422, "invalid_request"
+    )
 
 
 async def test_an_integer_too_long_to_parse_is_refused(client: AppClient, sid: str) -> None:
@@ -190,8 +193,7 @@ def floats_b64(values: np.ndarray) -> str:
 
 
 @pytest.mark.parametrize(("field", "value"), [("h", np.nan), ("c", np.nan), ("h", np.inf), ("c", -np.inf)])
-async def test_states_with_non_finite_values_are_refused(client: AppClient, sid: str, field: str,
-                                                         value: float) -> None:
+async def test_states_with_non_finite_values_are_refused(client: AppClient, sid: str, field: str, value: float) -> None:
     state = (await client.get(f"/v1/sessions/{sid}/state")).json()
     values = np.frombuffer(base64.b64decode(state[field]), "<f4").copy()
     values[3] = value
@@ -206,8 +208,9 @@ async def test_states_with_extreme_finite_values_stay_finite(client: AppClient) 
     sid = await new_session(client)
     state = (await client.get(f"/v1/sessions/{sid}/state")).json()
     extreme = floats_b64(np.resize(np.array([3.4e38, -3.4e38, 1e30], dtype=np.float32), 32))
-    r = await client.post("/v1/sessions", json={"state": {**state, "h": extreme, "c": extreme}, "text": "ab",
-                                                "top_k": 76})
+    r = await client.post(
+        "/v1/sessions", json={"state": {**state, "h": extreme, "c": extreme}, "text": "ab", "top_k": 76}
+    )
     assert r.status_code == 201, r.text
     restored = r.json()["session_id"]
     probs = [t["prob"] for t in r.json()["next"]]
@@ -220,19 +223,23 @@ async def test_states_with_extreme_finite_values_stay_finite(client: AppClient) 
     assert (await client.post("/v1/sessions", json={"state": again})).status_code == 201  # and it re-imports
 
 
-@pytest.mark.parametrize(("fields", "code"), [
-    ({"position": 10**30}, "invalid_state"),
-    ({"position": 2**63}, "invalid_state"),
-    ({"position": 2**50 + 1}, "invalid_state"),
-    ({"shape": [-2, 16]}, "state_mismatch"),
-    ({"shape": [2**70, 2**70]}, "state_mismatch"),
-    ({"shape": [16, 2]}, "state_mismatch"),  # the same number of floats, the wrong layout
-    ({"h": ""}, "invalid_state"),
-    ({"h": "=" * 8}, "invalid_state"),
-    ({"c": "é" * 8}, "invalid_state"),
-])
-async def test_states_with_impossible_fields_are_refused(client: AppClient, sid: str, fields: dict[str, Any],
-                                                         code: str) -> None:
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"position": 10**30}, "invalid_state"),
+        ({"position": 2**63}, "invalid_state"),
+        ({"position": 2**50 + 1}, "invalid_state"),
+        ({"shape": [-2, 16]}, "state_mismatch"),
+        ({"shape": [2**70, 2**70]}, "state_mismatch"),
+        ({"shape": [16, 2]}, "state_mismatch"),  # the same number of floats, the wrong layout
+        ({"h": ""}, "invalid_state"),
+        ({"h": "=" * 8}, "invalid_state"),
+        ({"c": "é" * 8}, "invalid_state"),
+    ],
+)
+async def test_states_with_impossible_fields_are_refused(
+    client: AppClient, sid: str, fields: dict[str, Any], code: str
+) -> None:
     state = (await client.get(f"/v1/sessions/{sid}/state")).json()
     body = json.dumps({"state": {**state, **fields}}).encode()
     await refused_unchanged(client, sid, "POST", "/v1/sessions", body, 422, code)
@@ -264,8 +271,9 @@ async def v2_logits(client: AppClient, ids: list[int], **parameters: Any) -> np.
     return np.array(r.json()["outputs"][0]["data"], dtype=np.float32)
 
 
-async def v2_refused(client: AppClient, content: bytes, headers: dict[str, Any] | None = None,
-                     fragment: str = "") -> None:
+async def v2_refused(
+    client: AppClient, content: bytes, headers: dict[str, Any] | None = None, fragment: str = ""
+) -> None:
     r = await client.post(INFER, content=content, headers=headers or JSON_HEADERS)
     assert r.status_code == 400, r.text
     body = r.json()
@@ -343,36 +351,41 @@ WRONG_SHAPES_AND_DTYPES: list[tuple[dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("tensor", "fragment"), WRONG_SHAPES_AND_DTYPES)
 async def test_v2_wrong_shapes_and_dtypes_leave_the_sequence_unchanged(
-        client: AppClient, sequence: LiveSequence, tensor: dict[str, Any], fragment: str) -> None:
+    client: AppClient, sequence: LiveSequence, tensor: dict[str, Any], fragment: str
+) -> None:
     for flags in ({}, {"sequence_end": True}, {"sequence_start": True}):
         body = json.dumps({"inputs": [{"name": "input_ids", **tensor}], "parameters": {**SEQ, **flags}}).encode()
         await v2_refused(client, body, fragment=fragment)
 
 
-async def test_v2_truncated_binary_payloads_leave_the_sequence_unchanged(client: AppClient,
-                                                                         sequence: LiveSequence) -> None:
+async def test_v2_truncated_binary_payloads_leave_the_sequence_unchanged(
+    client: AppClient, sequence: LiveSequence
+) -> None:
     body, json_size = binary_request(np.array([[1, 2, 3]], dtype=np.int64), sequence_id=77)
     headers = {"Inference-Header-Content-Length": str(json_size)}
     for cut in range(1, len(body) - json_size + 1):  # every cut inside the 24 bytes of tensor data
         await v2_refused(client, body[:-cut], headers, "runs past the end")
-    await v2_refused(client, body[:json_size - 1], headers, "only")  # the cut reaches into the JSON header
+    await v2_refused(client, body[: json_size - 1], headers, "only")  # the cut reaches into the JSON header
     await v2_refused(client, body + b"\0", headers, "add up")
     await v2_refused(client, body, {"Inference-Header-Content-Length": str(len(body) + 1)}, "only")
 
 
-@pytest.mark.parametrize(("header", "blob", "fragment"), [
-    (binary_tensor([1, 2], "INT64", 8), b"\1\0\0\0\0\0\0\0", "need 16 bytes"),  # size right for [1, 1] only
-    (binary_tensor([1, 2], "INT64", 24), b"\1" * 24, "need 16 bytes"),
-    (binary_tensor([1, 2], "INT32", 8), b"\1\0\0\0\2\0\0\0", "must be INT64"),  # INT32 ids, declared as such
-    (binary_tensor([1, 2], "INT64", -8), b"", "non-negative integer"),
-    (binary_tensor([1, 2], "INT64", 2**70), b"\0" * 16, "runs past the end"),
-    (binary_tensor([1, 2], "INT64", 16.0), b"\0" * 16, "non-negative integer"),
-    (binary_tensor([1, 10**12], "INT64", 16), b"\0" * 16, "need 8000000000000 bytes"),
-    (binary_tensor([1, 1], "BOOL", 1), b"\2", "0 or 1"),
-])
-async def test_v2_wrong_binary_sizes_leave_the_sequence_unchanged(client: AppClient, sequence: LiveSequence,
-                                                                  header: dict[str, Any], blob: bytes,
-                                                                  fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("header", "blob", "fragment"),
+    [
+        (binary_tensor([1, 2], "INT64", 8), b"\1\0\0\0\0\0\0\0", "need 16 bytes"),  # size right for [1, 1] only
+        (binary_tensor([1, 2], "INT64", 24), b"\1" * 24, "need 16 bytes"),
+        (binary_tensor([1, 2], "INT32", 8), b"\1\0\0\0\2\0\0\0", "must be INT64"),  # INT32 ids, declared as such
+        (binary_tensor([1, 2], "INT64", -8), b"", "non-negative integer"),
+        (binary_tensor([1, 2], "INT64", 2**70), b"\0" * 16, "runs past the end"),
+        (binary_tensor([1, 2], "INT64", 16.0), b"\0" * 16, "non-negative integer"),
+        (binary_tensor([1, 10**12], "INT64", 16), b"\0" * 16, "need 8000000000000 bytes"),
+        (binary_tensor([1, 1], "BOOL", 1), b"\2", "0 or 1"),
+    ],
+)
+async def test_v2_wrong_binary_sizes_leave_the_sequence_unchanged(
+    client: AppClient, sequence: LiveSequence, header: dict[str, Any], blob: bytes, fragment: str
+) -> None:
     body, headers = with_header({"inputs": [header], "parameters": SEQ}, blob)
     await v2_refused(client, body, headers, fragment)
 
@@ -383,24 +396,29 @@ def one_tensor(**fields: Any) -> bytes:
     return json.dumps({"inputs": [tensor], "parameters": SEQ}).encode()
 
 
-@pytest.mark.parametrize(("body", "fragment"), [
-    (one_tensor(datatype=["INT64"]), "unsupported datatype"),  # not even hashable
-    (one_tensor(datatype={"INT64": 1}), "unsupported datatype"),
-    (one_tensor(datatype="BYTES", data=["\ud800"]), "not valid Unicode"),  # JSON can spell a lone surrogate
-    (one_tensor(shape=[1] * 65), "at most 32"),  # more dimensions than NumPy has
-    (one_tensor(shape=[0, 2**40, 2**40], data=[]), "more elements"),  # empty, yet too big for NumPy
-    (one_tensor(shape=[2**63, 0], data=[]), "more elements"),
-    (one_tensor()[:-1] + b', "id": ' + b"7" * 5000 + b"}", "not valid JSON"),  # past Python's 4300 digits
-])
-async def test_v2_bodies_that_broke_the_parser(client: AppClient, sequence: LiveSequence, body: bytes,
-                                               fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (one_tensor(datatype=["INT64"]), "unsupported datatype"),  # not even hashable
+        (one_tensor(datatype={"INT64": 1}), "unsupported datatype"),
+        (one_tensor(datatype="BYTES", data=["\ud800"]), "not valid Unicode"),  # JSON can spell a lone surrogate
+        (one_tensor(shape=[1] * 65), "at most 32"),  # more dimensions than NumPy has
+        (one_tensor(shape=[0, 2**40, 2**40], data=[]), "more elements"),  # empty, yet too big for NumPy
+        (one_tensor(shape=[2**63, 0], data=[]), "more elements"),
+        (one_tensor()[:-1] + b', "id": ' + b"7" * 5000 + b"}", "not valid JSON"),  # past Python's 4300 digits
+    ],
+)
+async def test_v2_bodies_that_broke_the_parser(
+    client: AppClient, sequence: LiveSequence, body: bytes, fragment: str
+) -> None:
     """Each of these raised an exception other than the protocol's, a 500, before the parser refused them."""
     await v2_refused(client, body, fragment=fragment)
 
 
 @pytest.mark.parametrize("value", [b"\xb2", b"\xb9\xb2", b"-1", b"1e3", b"0x10", b""])
-async def test_v2_header_lengths_that_are_not_decimal_digits(client: AppClient, sequence: LiveSequence,
-                                                             value: bytes) -> None:
+async def test_v2_header_lengths_that_are_not_decimal_digits(
+    client: AppClient, sequence: LiveSequence, value: bytes
+) -> None:
     """Latin-1 superscript digits pass str.isdigit() but not int(): they must be a 400, not a 500."""
     body, _ = binary_request(np.array([[1, 2]], dtype=np.int64), sequence_id=77)
     await v2_refused(client, body, {"Inference-Header-Content-Length": value}, "non-negative integer")
@@ -433,8 +451,9 @@ async def test_starting_a_sequence_twice_restarts_it_and_frees_the_first(client:
     await LiveSequence(client, 8, first=(5, 9)).assert_unchanged()
 
 
-async def test_refused_start_or_end_leaves_a_running_sequence_as_it_was(client: AppClient,
-                                                                        sequence: LiveSequence) -> None:
+async def test_refused_start_or_end_leaves_a_running_sequence_as_it_was(
+    client: AppClient, sequence: LiveSequence
+) -> None:
     """A bad token with sequence_start must not have reset the sequence, nor with sequence_end have ended it."""
     for flags in ({"sequence_start": True}, {"sequence_end": True}, {"sequence_start": True, "sequence_end": True}):
         await v2_refused(client, v2_json([1, 99], **SEQ, **flags), fragment="outside [0, 76)")

@@ -74,8 +74,9 @@ async def test_engine_batches_concurrent_requests_into_fewer_runs(app_factory: A
 async def test_one_session_hammered_concurrently_loses_nothing(client: AppClient) -> None:
     sid = (await client.post("/v1/sessions", json={})).json()["session_id"]
     pieces = ["To ", "be", ", ", "or ", "not ", "to ", "be"] * 5
-    rs = await asyncio.gather(*(client.post(f"/v1/sessions/{sid}/predict", json={"text": p, "top_k": 76})
-                                for p in pieces))
+    rs = await asyncio.gather(
+        *(client.post(f"/v1/sessions/{sid}/predict", json={"text": p, "top_k": 76}) for p in pieces)
+    )
     # Concurrent HTTP requests have no defined order, but the positions they report give the order the server
     # applied them in: each exactly once, one after another, the state always consistent with that order.
     applied = sorted(zip((r.json()["position"] for r in rs), pieces, strict=True))

@@ -34,9 +34,19 @@ async def test_malformed_bodies(client: AppClient) -> None:
 
 async def test_invalid_fields(client: AppClient) -> None:
     cases: list[dict[str, Any]] = [
-        {}, {"text": ""}, {"tokens": []}, {"text": 5}, {"tokens": ["a"]}, {"tokens": [True]}, {"tokens": [1.5]},
-        {"text": "a", "top_k": 0}, {"text": "a", "top_k": 5000}, {"text": "a", "top_k": "many"},
-        {"text": "a", "tokens": [1]}, {"text": "a", "topk": 3}, {"text": None, "tokens": None},
+        {},
+        {"text": ""},
+        {"tokens": []},
+        {"text": 5},
+        {"tokens": ["a"]},
+        {"tokens": [True]},
+        {"tokens": [1.5]},
+        {"text": "a", "top_k": 0},
+        {"text": "a", "top_k": 5000},
+        {"text": "a", "top_k": "many"},
+        {"text": "a", "tokens": [1]},
+        {"text": "a", "topk": 3},
+        {"text": None, "tokens": None},
     ]
     for body in cases:
         err = assert_error(await client.post("/v1/predict", json=body), 422, "invalid_request")
@@ -92,11 +102,17 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-FIELDS = st.fixed_dictionaries({}, optional={
-    "text": st.text(max_size=30) | JSON, "tokens": st.lists(st.integers(-5, 100), max_size=8) | JSON,
-    "top_k": st.integers(-3, 2000) | JSON, "expected_position": st.integers(-2, 50) | JSON,
-    "ttl_seconds": st.floats(allow_nan=False) | JSON, "state": JSON,
-})
+FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "text": st.text(max_size=30) | JSON,
+        "tokens": st.lists(st.integers(-5, 100), max_size=8) | JSON,
+        "top_k": st.integers(-3, 2000) | JSON,
+        "expected_position": st.integers(-2, 50) | JSON,
+        "ttl_seconds": st.floats(allow_nan=False) | JSON,
+        "state": JSON,
+    },
+)
 
 
 def test_no_input_gives_a_500(app_factory: Any) -> None:
@@ -108,12 +124,17 @@ def test_no_input_gives_a_500(app_factory: Any) -> None:
         sid = runner.run(client.post("/v1/sessions", json={})).json()["session_id"]
         routes = ["/v1/predict", "/v1/sessions", f"/v1/sessions/{sid}/predict", f"/v1/sessions/{sid}/fork"]
 
-        @settings(max_examples=60, deadline=None, derandomize=True,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+        @settings(
+            max_examples=60,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
         @given(route=st.sampled_from(routes), body=FIELDS | JSON)
         def fuzz(route: str, body: Any) -> None:
-            r = runner.run(client.post(route, content=json.dumps(body).encode(),
-                                       headers={"content-type": "application/json"}))
+            r = runner.run(
+                client.post(route, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+            )
             assert r.status_code < 500, (route, body, r.text)
             if r.status_code >= 400:
                 assert_error(r, r.status_code)

@@ -34,31 +34,84 @@ from service.config import Settings
 EXAMPLES_PER_OPERATION = 25
 SCENARIOS = 30
 STEPS_PER_SCENARIO = 6
-FUZZ = settings(max_examples=EXAMPLES_PER_OPERATION, derandomize=True, deadline=None, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 SESSION = "/v1/sessions/{id}"
 # Every operation that takes a session id, by its label; links lead to each from a new session and from a fork.
-SESSION_ROUTES = [f"POST {SESSION}/predict", f"GET {SESSION}", f"DELETE {SESSION}", f"POST {SESSION}/reset",
-                  f"POST {SESSION}/fork", f"GET {SESSION}/state", f"POST {SESSION}/generate",
-                  f"POST {SESSION}/inspect"]
+SESSION_ROUTES = [
+    f"POST {SESSION}/predict",
+    f"GET {SESSION}",
+    f"DELETE {SESSION}",
+    f"POST {SESSION}/reset",
+    f"POST {SESSION}/fork",
+    f"GET {SESSION}/state",
+    f"POST {SESSION}/generate",
+    f"POST {SESSION}/inspect",
+]
 # The V2 infer routes read the raw body (JSON, or JSON then binary tensors), so the document declares no body;
 # this describes the JSON form so that the fuzzer sends one.
-V2_INFER_BODY = {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "required": ["inputs"], "properties": {
-        "id": {"type": "string"},
-        "parameters": {"type": "object", "properties": {
-            "sequence_id": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]},
-            "sequence_start": {"type": "boolean"}, "sequence_end": {"type": "boolean"}}},
-        "inputs": {"type": "array", "minItems": 1, "maxItems": 2, "items": {
-            "type": "object", "required": ["name", "datatype", "shape", "data"], "properties": {
-                "name": {"enum": ["input_ids"]}, "datatype": {"enum": ["INT64", "FP32"]},
-                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 4}, "maxItems": 3},
-                "data": {"type": "array", "maxItems": 8, "items": {"type": "integer", "minimum": -1,
-                                                                   "maximum": 80}}}}},
-        "outputs": {"type": "array", "maxItems": 1, "items": {"type": "object", "properties": {
-            "name": {"enum": ["logits"]},
-            "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}}}}}}}
+V2_INFER_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["inputs"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "parameters": {
+                        "type": "object",
+                        "properties": {
+                            "sequence_id": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]},
+                            "sequence_start": {"type": "boolean"},
+                            "sequence_end": {"type": "boolean"},
+                        },
+                    },
+                    "inputs": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 2,
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "datatype", "shape", "data"],
+                            "properties": {
+                                "name": {"enum": ["input_ids"]},
+                                "datatype": {"enum": ["INT64", "FP32"]},
+                                "shape": {
+                                    "type": "array",
+                                    "items": {"type": "integer", "minimum": 0, "maximum": 4},
+                                    "maxItems": 3,
+                                },
+                                "data": {
+                                    "type": "array",
+                                    "maxItems": 8,
+                                    "items": {"type": "integer", "minimum": -1, "maximum": 80},
+                                },
+                            },
+                        },
+                    },
+                    "outputs": {
+                        "type": "array",
+                        "maxItems": 1,
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"enum": ["logits"]},
+                                "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}},
+                            },
+                        },
+                    },
+                },
+            }
+        }
+    },
+}
 
 
 # The tiny model's name and version (tests/factories.py), for the V2 routes' path parameters.
@@ -85,14 +138,18 @@ def with_links(raw: dict[str, Any]) -> dict[str, Any]:
     route taking its id, from an exported state to a restore, and the V2 infer bodies."""
     doc = copy.deepcopy(raw)
     to_session = {
-        label.replace(" ", "_"): {"operationId": _operation(doc, label)["operationId"],
-                                  "parameters": {"path.id": "$response.body#/session_id"}}
+        label.replace(" ", "_"): {
+            "operationId": _operation(doc, label)["operationId"],
+            "parameters": {"path.id": "$response.body#/session_id"},
+        }
         for label in SESSION_ROUTES
     }
     for creator in ("POST /v1/sessions", f"POST {SESSION}/fork"):
         _operation(doc, creator)["responses"]["201"]["links"] = dict(to_session)
-    restore = {"operationId": _operation(doc, "POST /v1/sessions")["operationId"],
-               "requestBody": {"state": "$response.body"}}
+    restore = {
+        "operationId": _operation(doc, "POST /v1/sessions")["operationId"],
+        "requestBody": {"state": "$response.body"},
+    }
     _operation(doc, f"GET {SESSION}/state")["responses"]["200"]["links"] = {"restore": restore}
     for label in OPERATIONS:
         if label.endswith("/infer"):
@@ -117,8 +174,13 @@ def error_shape(ctx: CheckContext, response: Response, case: Case) -> bool | Non
     return None
 
 
-CHECKS: list[Callable[..., bool | None]] = [not_a_server_error, status_code_conformance, content_type_conformance,
-                                            response_schema_conformance, error_shape]
+CHECKS: list[Callable[..., bool | None]] = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    error_shape,
+]
 
 
 @pytest.fixture
@@ -128,8 +190,15 @@ def api_schema(tiny_model_path: Path) -> Iterator[OpenApiSchema]:
     Loading it starts the app's lifespan; schemathesis's pytest plugin ends every lifespan when a test ends, and
     a drained engine stays drained, hence one app per test (a start costs a few tens of milliseconds).
     """
-    settings_ = Settings(model_path=tiny_model_path, provider="cpu", max_batch_delay_ms=0.0, max_generate_tokens=8,
-                         max_inspect_length=16, max_text_length=256, max_sessions=100_000)
+    settings_ = Settings(
+        model_path=tiny_model_path,
+        provider="cpu",
+        max_batch_delay_ms=0.0,
+        max_generate_tokens=8,
+        max_inspect_length=16,
+        max_text_length=256,
+        max_sessions=100_000,
+    )
     app = create_app(settings_)
     try:
         loaded = schemathesis.openapi.from_asgi("/openapi.json", app)
@@ -171,13 +240,21 @@ def test_stateful_scenarios_follow_the_session_links(api_schema: OpenApiSchema) 
     reached: set[str] = set()
 
     class Scenarios(api_schema.as_state_machine()):  # type: ignore[misc]
-        def validate_response(self, response: Response, case: Case, additional_checks: Any = None,
-                              **kwargs: Any) -> None:
+        def validate_response(
+            self, response: Response, case: Case, additional_checks: Any = None, **kwargs: Any
+        ) -> None:
             case.validate_response(response, checks=CHECKS)
             if case.operation.label in SESSION_ROUTES and response.status_code < 300:
                 reached.add(case.operation.label)  # a real session id reached it: the link worked
 
-    Scenarios.run(settings=settings(max_examples=SCENARIOS, stateful_step_count=STEPS_PER_SCENARIO,
-                                    derandomize=True, deadline=None, database=None,
-                                    suppress_health_check=list(HealthCheck)))
+    Scenarios.run(
+        settings=settings(
+            max_examples=SCENARIOS,
+            stateful_step_count=STEPS_PER_SCENARIO,
+            derandomize=True,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
     assert len(reached) >= len(SESSION_ROUTES) // 2, f"links reached only {sorted(reached)}"

@@ -56,8 +56,12 @@ async def test_streaming_events(client: AppClient) -> None:
     assert done == "[DONE]"
     assert all(set(t) == {"token", "id", "position"} for t in tokens)
     assert [t["position"] for t in tokens] == list(range(len(PROMPT) + 1, len(PROMPT) + len(tokens) + 1))
-    assert final == {"text": "".join(t["token"] for t in tokens), "tokens": [t["id"] for t in tokens],
-                     "finish_reason": final["finish_reason"], "position": len(PROMPT) + len(tokens)}
+    assert final == {
+        "text": "".join(t["token"] for t in tokens),
+        "tokens": [t["id"] for t in tokens],
+        "finish_reason": final["finish_reason"],
+        "position": len(PROMPT) + len(tokens),
+    }
     # Streaming or not, the same seed gives the same tokens.
     plain = (await client.post("/v1/generate", json={"text": PROMPT, "max_tokens": 12, **SAMPLING})).json()
     assert plain["tokens"] == final["tokens"]
@@ -77,25 +81,30 @@ async def test_expected_position(client: AppClient) -> None:
         r = await client.post(f"/v1/sessions/{sid}/generate", json={"expected_position": 3, "stream": stream})
         assert (r.status_code, r.json()["error"]["code"]) == (409, "position_conflict")
         assert r.json()["error"]["details"] == {"expected_position": 3, "position": len(PROMPT)}
-    r = await client.post(f"/v1/sessions/{sid}/generate", json={"expected_position": len(PROMPT), "max_tokens": 2,
-                                                                 "text": "ab"})
+    r = await client.post(
+        f"/v1/sessions/{sid}/generate", json={"expected_position": len(PROMPT), "max_tokens": 2, "text": "ab"}
+    )
     assert r.status_code == 200 and r.json()["position"] == len(PROMPT) + 4
 
 
-@pytest.mark.parametrize(("path", "body", "status", "code"), [
-    ("/v1/sessions/nope/generate", {"stream": True}, 404, "session_not_found"),
-    ("/v1/generate", {"max_tokens": 5}, 422, "invalid_request"),  # no prompt
-    ("/v1/generate", {"text": "a", "max_tokens": 1001}, 422, "too_many_tokens"),  # above max_generate_tokens
-    ("/v1/generate", {"text": "a", "temperature": -1}, 422, "invalid_request"),
-    ("/v1/generate", {"text": "a", "top_k": 77}, 422, "invalid_request"),  # above the vocabulary
-    ("/v1/generate", {"text": "a", "stop": [""]}, 422, "invalid_request"),
-    ("/v1/generate", {"text": "a", "seed": 2**64}, 422, "invalid_request"),
-    ("/v1/generate", {"text": "a", "bogus": 1}, 422, "invalid_request"),
-    ("/v1/generate", {"text": "é", "stream": True}, 422, "invalid_token"),
-    ("/v1/generate", {"text": "a", "expected_position": 0}, 422, "invalid_request"),  # sessions only
-])
-async def test_errors_before_a_stream_get_their_status(client: AppClient, path: str, body: dict[str, Any],
-                                                       status: int, code: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/v1/sessions/nope/generate", {"stream": True}, 404, "session_not_found"),
+        ("/v1/generate", {"max_tokens": 5}, 422, "invalid_request"),  # no prompt
+        ("/v1/generate", {"text": "a", "max_tokens": 1001}, 422, "too_many_tokens"),  # above max_generate_tokens
+        ("/v1/generate", {"text": "a", "temperature": -1}, 422, "invalid_request"),
+        ("/v1/generate", {"text": "a", "top_k": 77}, 422, "invalid_request"),  # above the vocabulary
+        ("/v1/generate", {"text": "a", "stop": [""]}, 422, "invalid_request"),
+        ("/v1/generate", {"text": "a", "seed": 2**64}, 422, "invalid_request"),
+        ("/v1/generate", {"text": "a", "bogus": 1}, 422, "invalid_request"),
+        ("/v1/generate", {"text": "é", "stream": True}, 422, "invalid_token"),
+        ("/v1/generate", {"text": "a", "expected_position": 0}, 422, "invalid_request"),  # sessions only
+    ],
+)
+async def test_errors_before_a_stream_get_their_status(
+    client: AppClient, path: str, body: dict[str, Any], status: int, code: str
+) -> None:
     r = await client.post(path, json=body)
     assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
 
@@ -133,8 +142,9 @@ async def app(make_settings: SettingsFactory) -> AsyncIterator[FastAPI]:
         yield application
 
 
-async def stream_then_disconnect(app: FastAPI, path: str, body: dict[str, Any], keep: int,
-                                 stop_reading: bool) -> list[dict[str, Any]]:
+async def stream_then_disconnect(
+    app: FastAPI, path: str, body: dict[str, Any], keep: int, stop_reading: bool
+) -> list[dict[str, Any]]:
     """POST a streamed generation and go away after `keep` token events have been sent: at once (the connection
     closes) or, with stop_reading, by no longer reading so that the next send blocks until the disconnect.
     Returns the token events whose sends completed."""
@@ -163,23 +173,33 @@ async def stream_then_disconnect(app: FastAPI, path: str, body: dict[str, Any], 
         if len(sent) == keep and not stop_reading:
             disconnect.set()
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())],
-             "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
     await asyncio.wait_for(app(scope, receive, send), 30)
     return sent
 
 
 @pytest.mark.parametrize("stop_reading", [False, True])
 @pytest.mark.parametrize("keep", [1, 5])
-async def test_disconnect_leaves_the_session_at_the_tokens_sent(app: FastAPI, stop_reading: bool,
-                                                                keep: int) -> None:
+async def test_disconnect_leaves_the_session_at_the_tokens_sent(app: FastAPI, stop_reading: bool, keep: int) -> None:
     engine = app.state.engine
     record, _ = await engine.create_session(text=PROMPT)
     sid = record.session_id
-    sent = await stream_then_disconnect(app, f"/v1/sessions/{sid}/generate",
-                                        {"max_tokens": 1000, "temperature": 0, "stream": True}, keep, stop_reading)
+    sent = await stream_then_disconnect(
+        app, f"/v1/sessions/{sid}/generate", {"max_tokens": 1000, "temperature": 0, "stream": True}, keep, stop_reading
+    )
     assert len(sent) == keep
     position = (await engine.get_session(sid)).position
     assert position == len(PROMPT) + keep == sent[-1]["position"]  # exactly the tokens sent, no more
@@ -200,8 +220,7 @@ async def test_64_concurrent_streams_share_batches(app_factory: Any) -> None:
         histogram = engine.metrics.batch_size
         count0, sum0 = histogram._sum.get(), sum(b.get() for b in histogram._buckets)
         batches = engine.batcher.batches
-        bodies = [{"text": PROMPT, "max_tokens": 40, "temperature": 0.9, "seed": s, "stream": True}
-                  for s in range(64)]
+        bodies = [{"text": PROMPT, "max_tokens": 40, "temperature": 0.9, "seed": s, "stream": True} for s in range(64)]
         responses = await asyncio.gather(*(client.post("/v1/generate", json=b) for b in bodies))
         streams = [events(r.text) for r in responses]
         assert all(s[-1] == "[DONE]" and len(s) == 42 for s in streams)

@@ -19,8 +19,7 @@ async def test_session_inspection(client: AppClient) -> None:
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     body = r.json()
     assert (body["session_id"], body["position"], body["layers"], body["hidden_size"]) == (sid, 10, 2, 16)
-    assert [(s["char"], s["position"]) for s in body["steps"]] == [(":", 6), ("\n", 7), ("B", 8), ("u", 9),
-                                                                   ("t", 10)]
+    assert [(s["char"], s["position"]) for s in body["steps"]] == [(":", 6), ("\n", 7), ("B", 8), ("u", 9), ("t", 10)]
     for step in body["steps"]:
         assert [layer["layer"] for layer in step["layers"]] == [0, 1]
         for layer in step["layers"]:

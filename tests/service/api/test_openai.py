@@ -40,15 +40,17 @@ async def test_completion_shape(client: AppClient) -> None:
     assert choice["index"] == 0 and choice["logprobs"] is None and choice["finish_reason"] == "length"
     assert len(choice["text"]) == 7
     assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 7, "total_tokens": 14}
-    native = (await client.post("/v1/generate", json={"text": "ROMEO:\n", "max_tokens": 7, "temperature": 0.5,
-                                                      "seed": 3})).json()
+    native = (
+        await client.post("/v1/generate", json={"text": "ROMEO:\n", "max_tokens": 7, "temperature": 0.5, "seed": 3})
+    ).json()
     assert choice["text"] == native["text"]
 
 
 async def test_streamed_chunks_add_up_to_the_completion(client: AppClient) -> None:
     whole = await complete(client, prompt="To be", max_tokens=20, seed=9)
-    streamed = await complete(client, prompt="To be", max_tokens=20, seed=9, stream=True,
-                              stream_options={"include_usage": True})
+    streamed = await complete(
+        client, prompt="To be", max_tokens=20, seed=9, stream=True, stream_options={"include_usage": True}
+    )
     assert streamed[-1] == "[DONE]"
     usage, parts = streamed[-2], streamed[:-2]
     assert usage["choices"] == [] and usage["usage"] == whole["usage"]
@@ -77,8 +79,7 @@ def test_text_that_may_start_a_stop_string_is_held_back() -> None:
     sent = [c["choices"][0]["text"] for ch in "aEbENxE" for c in render.token(Token(ch, 0, 0))]
     assert sent == ["a", "Eb", "ENx"]  # "E" waited until it could not be the start of "END"
     assert [c["choices"][0] for ch in "ND" for c in render.token(Token(ch, 0, 0))] == []
-    final = Finished(text="aEbENxEND", tokens=(0,) * 9, finish_reason="stop", position=9, prompt_tokens=0,
-                     stop="END")
+    final = Finished(text="aEbENxEND", tokens=(0,) * 9, finish_reason="stop", position=9, prompt_tokens=0, stop="END")
     assert [c["choices"][0]["text"] for c in render.finished(final)] == [""]
 
 
@@ -94,17 +95,20 @@ async def test_session_continuation(client: AppClient) -> None:
     assert (await client.get(f"/v1/sessions/{sid}")).json()["position"] == 15
 
 
-@pytest.mark.parametrize(("fields", "status", "code"), [
-    ({"model": "gpt-4", "prompt": "a"}, 404, "model_not_found"),
-    ({"prompt": "a", "n": 2}, 422, "invalid_request"),
-    ({"prompt": "a", "echo": True}, 422, "invalid_request"),
-    ({"prompt": "a", "logprobs": 5}, 422, "invalid_request"),
-    ({"prompt": ["a", "b"]}, 422, "invalid_request"),
-    ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, 422, "invalid_request"),
-    ({"prompt": "a", "max_tokens": 5000}, 422, "too_many_tokens"),
-    ({"prompt": "a", "session_id": "nope"}, 404, "session_not_found"),
-    ({"prompt": "é"}, 422, "invalid_token"),
-])
+@pytest.mark.parametrize(
+    ("fields", "status", "code"),
+    [
+        ({"model": "gpt-4", "prompt": "a"}, 404, "model_not_found"),
+        ({"prompt": "a", "n": 2}, 422, "invalid_request"),
+        ({"prompt": "a", "echo": True}, 422, "invalid_request"),
+        ({"prompt": "a", "logprobs": 5}, 422, "invalid_request"),
+        ({"prompt": ["a", "b"]}, 422, "invalid_request"),
+        ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, 422, "invalid_request"),
+        ({"prompt": "a", "max_tokens": 5000}, 422, "too_many_tokens"),
+        ({"prompt": "a", "session_id": "nope"}, 404, "session_not_found"),
+        ({"prompt": "é"}, 422, "invalid_token"),
+    ],
+)
 async def test_refusals(client: AppClient, fields: dict[str, Any], status: int, code: str) -> None:
     r = await client.post("/v1/completions", json={"model": MODEL, **fields})
     assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text

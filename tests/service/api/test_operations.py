@@ -58,10 +58,18 @@ async def test_metrics(client: AppClient) -> None:
     r = await client.get("/metrics")
     assert r.headers["content-type"].startswith("text/plain")
     found = samples(r.text)
-    for name in ("lstm_serve_requests_total", "lstm_serve_request_latency_seconds_bucket",
-                 "lstm_serve_inference_latency_seconds_bucket", "lstm_serve_batch_size_bucket",
-                 "lstm_serve_queue_wait_seconds_bucket", "lstm_serve_tokens_total", "lstm_serve_active_sessions",
-                 "lstm_serve_sessions_created_total", "lstm_serve_sessions_evicted_total", "lstm_serve_model_info"):
+    for name in (
+        "lstm_serve_requests_total",
+        "lstm_serve_request_latency_seconds_bucket",
+        "lstm_serve_inference_latency_seconds_bucket",
+        "lstm_serve_batch_size_bucket",
+        "lstm_serve_queue_wait_seconds_bucket",
+        "lstm_serve_tokens_total",
+        "lstm_serve_active_sessions",
+        "lstm_serve_sessions_created_total",
+        "lstm_serve_sessions_evicted_total",
+        "lstm_serve_model_info",
+    ):
         assert name in found, name
     routes = {s.labels["route"] for s in found["lstm_serve_requests_total"]}
     assert "/v1/sessions/{id}/predict" in routes and "/v1/sessions/{id}" in routes
@@ -80,10 +88,18 @@ async def test_openapi_describes_every_route_field_and_error(client: AppClient) 
     assert (await client.get("/docs")).status_code == 200
     spec = (await client.get("/openapi.json")).json()
     expected = {
-        ("/v1/predict", "post"), ("/v1/sessions", "post"), ("/v1/sessions/{id}/predict", "post"),
-        ("/v1/sessions/{id}", "get"), ("/v1/sessions/{id}", "delete"), ("/v1/sessions/{id}/reset", "post"),
-        ("/v1/sessions/{id}/fork", "post"), ("/v1/sessions/{id}/state", "get"), ("/v1/model", "get"),
-        ("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get"),
+        ("/v1/predict", "post"),
+        ("/v1/sessions", "post"),
+        ("/v1/sessions/{id}/predict", "post"),
+        ("/v1/sessions/{id}", "get"),
+        ("/v1/sessions/{id}", "delete"),
+        ("/v1/sessions/{id}/reset", "post"),
+        ("/v1/sessions/{id}/fork", "post"),
+        ("/v1/sessions/{id}/state", "get"),
+        ("/v1/model", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
     }
     ops = {(p, m): op for p, item in spec["paths"].items() for m, op in item.items()}
     assert expected <= set(ops)

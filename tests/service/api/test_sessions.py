@@ -85,8 +85,9 @@ async def test_unknown_deleted_expired_and_evicted_are_told_apart(app_factory: A
         assert_error(await client.delete(f"/v1/sessions/{a}"), 404, "session_not_found")
         short = (await new(client, ttl_seconds=0.05))["session_id"]
         await asyncio.sleep(0.1)
-        err = assert_error(await client.post(f"/v1/sessions/{short}/predict", json={"text": "a"}), 404,
-                           "session_expired")
+        err = assert_error(
+            await client.post(f"/v1/sessions/{short}/predict", json={"text": "a"}), 404, "session_expired"
+        )
         assert err["details"] == {"reason": "ttl"}
         b = (await new(client))["session_id"]
         await new(client)

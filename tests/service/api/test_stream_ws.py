@@ -40,26 +40,35 @@ def test_feed_and_generate_frames_in_order(http: TestClient) -> None:
     stateless = http.post("/v1/predict", json={"text": PROMPT + "But soft", "top_k": 3}).json()
     assert [t["id"] for t in fed["next"]] == [t["id"] for t in stateless["next"]]
     assert [t["position"] for t in tokens] == list(range(len(PROMPT) + 9, len(PROMPT) + 17))
-    assert final == {"text": "".join(t["token"] for t in tokens), "tokens": [t["id"] for t in tokens],
-                     "finish_reason": "length", "position": len(PROMPT) + 16}
+    assert final == {
+        "text": "".join(t["token"] for t in tokens),
+        "tokens": [t["id"] for t in tokens],
+        "finish_reason": "length",
+        "position": len(PROMPT) + 16,
+    }
     assert after["position"] == len(PROMPT) + 18  # handled after the generation, as sent
     # The generate frame generated what the HTTP route generates from the same text and seed.
-    plain = http.post("/v1/generate", json={"text": PROMPT + "But soft", "max_tokens": 8, "temperature": 0.7,
-                                            "seed": 5}).json()
+    plain = http.post(
+        "/v1/generate", json={"text": PROMPT + "But soft", "max_tokens": 8, "temperature": 0.7, "seed": 5}
+    ).json()
     assert plain["tokens"] == final["tokens"]
 
 
-@pytest.mark.parametrize(("frame", "code"), [
-    ("not json", "invalid_request"),
-    ("[1, 2]", "invalid_request"),
-    ('{"text": "a", "bogus": 1}', "invalid_request"),
-    ('{"text": "é"}', "invalid_token"),
-    ('{"generate": {"max_tokens": 100000}}', "too_many_tokens"),
-    ('{"generate": {"stream": true}}', "invalid_request"),
-    ('{"text": "a", "expected_position": 0}', "position_conflict"),
-])
-def test_malformed_frames_get_an_error_frame_and_the_socket_stays_usable(http: TestClient, frame: str,
-                                                                          code: str) -> None:
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "invalid_request"),
+        ("[1, 2]", "invalid_request"),
+        ('{"text": "a", "bogus": 1}', "invalid_request"),
+        ('{"text": "é"}', "invalid_token"),
+        ('{"generate": {"max_tokens": 100000}}', "too_many_tokens"),
+        ('{"generate": {"stream": true}}', "invalid_request"),
+        ('{"text": "a", "expected_position": 0}', "position_conflict"),
+    ],
+)
+def test_malformed_frames_get_an_error_frame_and_the_socket_stays_usable(
+    http: TestClient, frame: str, code: str
+) -> None:
     sid = session(http)
     with http.websocket_connect(f"/v1/sessions/{sid}/stream") as ws:
         ws.send_text(frame)

@@ -17,8 +17,15 @@ MODEL = "tiny-test-lstm"
 INFER = f"/v2/models/{MODEL}/infer"
 
 
-async def infer(client: AppClient, rows: np.ndarray, *, binary: bool = True, outputs: list[Any] | None = None,
-                path: str = INFER, **sequence: Any) -> triton.InferResult:
+async def infer(
+    client: AppClient,
+    rows: np.ndarray,
+    *,
+    binary: bool = True,
+    outputs: list[Any] | None = None,
+    path: str = INFER,
+    **sequence: Any,
+) -> triton.InferResult:
     tensor = triton.InferInput("input_ids", list(rows.shape), "INT64")
     tensor.set_data_from_numpy(rows.astype(np.int64), binary_data=binary)
     body, json_size = triton.InferenceServerClient.generate_request_body([tensor], outputs=outputs, **sequence)
@@ -26,8 +33,9 @@ async def infer(client: AppClient, rows: np.ndarray, *, binary: bool = True, out
     r = await client.post(path, content=body, headers=headers)
     assert r.status_code == 200, r.text
     length = r.headers.get("Inference-Header-Content-Length")
-    return triton.InferenceServerClient.parse_response_body(r.content, header_length=None if length is None
-                                                            else int(length))
+    return triton.InferenceServerClient.parse_response_body(
+        r.content, header_length=None if length is None else int(length)
+    )
 
 
 async def engine_logits(client: AppClient, ids: list[int]) -> np.ndarray:
@@ -43,9 +51,13 @@ async def test_server_and_model_metadata(client: AppClient) -> None:
     assert (await client.get("/v2/health/live")).status_code == 200
     assert (await client.get("/v2/health/ready")).status_code == 200
     meta = (await client.get(f"/v2/models/{MODEL}")).json()
-    assert meta == {"name": MODEL, "versions": ["0"], "platform": "onnxruntime_onnx",
-                    "inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]}],
-                    "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 76]}]}
+    assert meta == {
+        "name": MODEL,
+        "versions": ["0"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 76]}],
+    }
     assert (await client.get(f"/v2/models/{MODEL}/versions/0")).json() == meta
     assert (await client.get(f"/v2/models/{MODEL}/ready")).status_code == 200
     assert (await client.get(f"/v2/models/{MODEL}/versions/0/ready")).status_code == 200
@@ -72,15 +84,21 @@ async def test_a_sequence_is_a_session(client: AppClient) -> None:
     pieces = [text[:2], text[2:3], text[3:]]
     got = []
     for i, piece in enumerate(pieces):
-        result = await infer(client, np.array([piece]), sequence_id=42, sequence_start=i == 0,
-                             sequence_end=i == len(pieces) - 1)
+        result = await infer(
+            client, np.array([piece]), sequence_id=42, sequence_start=i == 0, sequence_end=i == len(pieces) - 1
+        )
         got.append(result.as_numpy("logits")[0])
     for i in range(len(pieces)):
         upto = sum(len(p) for p in pieces[: i + 1])
         np.testing.assert_allclose(got[i], await engine_logits(client, text[:upto]), atol=1e-5)
     # Ended: the sequence is freed, and continuing it is refused.
-    r = await client.post(INFER, json={"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 1],
-                                                   "data": [1]}], "parameters": {"sequence_id": 42}})
+    r = await client.post(
+        INFER,
+        json={
+            "inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 1], "data": [1]}],
+            "parameters": {"sequence_id": 42},
+        },
+    )
     assert r.status_code == 400 and "sequence_start" in r.json()["error"]
     assert await client.engine.store.count() == 0  # sequence_end deleted its session
 
@@ -91,8 +109,13 @@ async def test_sequence_start_resets_and_ids_keep_their_type(client: AppClient) 
     again = (await infer(client, np.array([[3, 4]]), sequence_id="7", sequence_start=True)).as_numpy("logits")
     np.testing.assert_array_equal(first, again)  # a fresh state, not a continuation
     # The integer 7 is another sequence than the string "7".
-    r = await client.post(INFER, json={"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 1],
-                                                   "data": [1]}], "parameters": {"sequence_id": 7}})
+    r = await client.post(
+        INFER,
+        json={
+            "inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 1], "data": [1]}],
+            "parameters": {"sequence_id": 7},
+        },
+    )
     assert r.status_code == 400
     assert sequence_key(MODEL, 7) != sequence_key(MODEL, "7")
 
@@ -101,8 +124,13 @@ async def test_expired_sequence_is_refused(app_factory: Any) -> None:
     async with app_factory(session_ttl_s=0.05) as client:
         await infer(client, np.array([[3]]), sequence_id=9, sequence_start=True)
         await asyncio.sleep(0.1)
-        r = await client.post(INFER, json={"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 1],
-                                                       "data": [1]}], "parameters": {"sequence_id": 9}})
+        r = await client.post(
+            INFER,
+            json={
+                "inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 1], "data": [1]}],
+                "parameters": {"sequence_id": 9},
+            },
+        )
         assert r.status_code == 400 and "expired" in r.json()["error"]
 
 
@@ -110,21 +138,25 @@ def tensor(**overrides: Any) -> dict[str, Any]:
     return {"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [1, 2], **overrides}
 
 
-@pytest.mark.parametrize(("body", "status", "fragment"), [
-    ({"inputs": [tensor(datatype="INT32")]}, 400, "must be INT64"),
-    ({"inputs": [tensor(shape=[2])]}, 400, "shape [rows, tokens]"),
-    ({"inputs": [tensor(shape=[1, 0], data=[])]}, 400, "shape [rows, tokens]"),
-    ({"inputs": [tensor(name="x")]}, 400, "unknown input 'x'"),
-    ({"inputs": [tensor(data=[1, 99])]}, 400, "outside [0, 76)"),
-    ({"inputs": [tensor(shape=[2, 1])], "parameters": {"sequence_id": 1, "sequence_start": True}}, 400, "one row"),
-    ({"inputs": [tensor()], "parameters": {"sequence_start": True}}, 400, "need a sequence_id"),
-    ({"inputs": [tensor()], "parameters": {"sequence_id": -1}}, 400, "unsigned 64-bit"),
-    ({"inputs": [tensor()], "parameters": {"sequence_id": 5, "sequence_end": "yes"}}, 400, "booleans"),
-    ({"inputs": [tensor()], "outputs": [{"name": "nope"}]}, 400, "unknown output"),
-    ({"inputs": []}, 400, "non-empty list"),
-])
-async def test_errors_have_the_protocols_shape(client: AppClient, body: dict[str, Any], status: int,
-                                               fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"inputs": [tensor(datatype="INT32")]}, 400, "must be INT64"),
+        ({"inputs": [tensor(shape=[2])]}, 400, "shape [rows, tokens]"),
+        ({"inputs": [tensor(shape=[1, 0], data=[])]}, 400, "shape [rows, tokens]"),
+        ({"inputs": [tensor(name="x")]}, 400, "unknown input 'x'"),
+        ({"inputs": [tensor(data=[1, 99])]}, 400, "outside [0, 76)"),
+        ({"inputs": [tensor(shape=[2, 1])], "parameters": {"sequence_id": 1, "sequence_start": True}}, 400, "one row"),
+        ({"inputs": [tensor()], "parameters": {"sequence_start": True}}, 400, "need a sequence_id"),
+        ({"inputs": [tensor()], "parameters": {"sequence_id": -1}}, 400, "unsigned 64-bit"),
+        ({"inputs": [tensor()], "parameters": {"sequence_id": 5, "sequence_end": "yes"}}, 400, "booleans"),
+        ({"inputs": [tensor()], "outputs": [{"name": "nope"}]}, 400, "unknown output"),
+        ({"inputs": []}, 400, "non-empty list"),
+    ],
+)
+async def test_errors_have_the_protocols_shape(
+    client: AppClient, body: dict[str, Any], status: int, fragment: str
+) -> None:
     r = await client.post(INFER, json=body)
     assert r.status_code == status and fragment in r.json()["error"], r.text
 

@@ -21,8 +21,15 @@ from service.api.v2_codec import (
     select_outputs,
 )
 
-NP_TYPES = {"INT64": np.int64, "INT32": np.int32, "FP32": np.float32, "FP64": np.float64, "UINT8": np.uint8,
-            "BOOL": np.bool_, "BYTES": np.object_}
+NP_TYPES = {
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "UINT8": np.uint8,
+    "BOOL": np.bool_,
+    "BYTES": np.object_,
+}
 
 
 def client_request(
@@ -73,16 +80,31 @@ def test_parses_a_tritonclient_request(binary: bool) -> None:
     temps = np.array([0.5, np.nan, -np.inf], dtype=np.float32)
     texts = np.array([b"To be", b"", b"or not"], dtype=object)
     body, header_length = client_request(
-        [("tokens", "INT64", tokens, binary), ("temps", "FP32", temps, binary), ("text", "BYTES", texts, binary),
-         ("k", "INT32", np.array([3], dtype=np.int32), not binary)],
+        [
+            ("tokens", "INT64", tokens, binary),
+            ("temps", "FP32", temps, binary),
+            ("text", "BYTES", texts, binary),
+            ("k", "INT32", np.array([3], dtype=np.int32), not binary),
+        ],
         outputs=[("logits", True), ("next", False)],
-        request_id="req-7", sequence_id=42, sequence_start=True, sequence_end=False, priority=2, timeout=1000,
+        request_id="req-7",
+        sequence_id=42,
+        sequence_start=True,
+        sequence_end=False,
+        priority=2,
+        timeout=1000,
         parameters={"custom": "x"},
     )
     request = parse_infer_request(body, header_length)
     assert request.id == "req-7"
-    assert request.parameters == {"sequence_id": 42, "sequence_start": True, "sequence_end": False,
-                                  "priority": 2, "timeout": 1000, "custom": "x"}
+    assert request.parameters == {
+        "sequence_id": 42,
+        "sequence_start": True,
+        "sequence_end": False,
+        "priority": 2,
+        "timeout": 1000,
+        "custom": "x",
+    }
     assert [i.name for i in request.inputs] == ["tokens", "temps", "text", "k"]
     assert_same(request.inputs[0].data, tokens)
     assert_same(request.inputs[1].data, temps)
@@ -104,16 +126,24 @@ def test_request_without_outputs_asks_for_binary_outputs() -> None:
 
 
 def test_select_outputs_follows_the_request() -> None:
-    request = parse_infer_request(*client_request([("x", "INT64", np.arange(3), False)],
-                                                  outputs=[("b", True), ("a", False)]))
+    request = parse_infer_request(
+        *client_request([("x", "INT64", np.arange(3), False)], outputs=[("b", True), ("a", False)])
+    )
     assert select_outputs(request, ["a", "b", "c"]) == (["b", "a"], {"b"})
     with pytest.raises(V2ProtocolError, match="unknown output 'zz'"):
-        select_outputs(parse_infer_request(*client_request([("x", "INT64", np.arange(3), False)],
-                                                           outputs=[("zz", True)])), ["a"])
+        select_outputs(
+            parse_infer_request(*client_request([("x", "INT64", np.arange(3), False)], outputs=[("zz", True)])), ["a"]
+        )
     # An output that does not say binary_data follows the request-wide binary_data_output.
     x = {"name": "x", "shape": [0], "datatype": "INT64", "data": []}
-    unsaid = parse_infer_request(json_request([x], outputs=[{"name": "a"}, {"name": "b", "parameters": {
-        "binary_data": False}}], parameters={"binary_data_output": True}), None)
+    unsaid = parse_infer_request(
+        json_request(
+            [x],
+            outputs=[{"name": "a"}, {"name": "b", "parameters": {"binary_data": False}}],
+            parameters={"binary_data_output": True},
+        ),
+        None,
+    )
     assert select_outputs(unsaid, ["a", "b"]) == (["a", "b"], {"a"})
 
 
@@ -123,8 +153,9 @@ def test_nested_json_data_is_flattened_row_major() -> None:
 
 
 def test_empty_tensors_round_trip() -> None:
-    body, header_length = client_request([("x", "FP32", np.zeros((0, 3), np.float32), True),
-                                          ("s", "BYTES", np.zeros((2, 0), object), True)])
+    body, header_length = client_request(
+        [("x", "FP32", np.zeros((0, 3), np.float32), True), ("s", "BYTES", np.zeros((2, 0), object), True)]
+    )
     request = parse_infer_request(body, header_length)
     assert request.inputs[0].data.shape == (0, 3) and request.inputs[1].data.shape == (2, 0)
 
@@ -159,8 +190,7 @@ def test_any_tritonclient_request_parses_back(cases: list[tuple[tuple[str, np.nd
 
 @settings(max_examples=120, deadline=None)
 @given(st.lists(st.tuples(tensors(), st.booleans()), min_size=1, max_size=4), st.booleans())
-def test_any_response_decodes_in_tritonclient(cases: list[tuple[tuple[str, np.ndarray], bool]],
-                                              with_id: bool) -> None:
+def test_any_response_decodes_in_tritonclient(cases: list[tuple[tuple[str, np.ndarray], bool]], with_id: bool) -> None:
     outputs = [(f"out{i}", datatype, array) for i, ((datatype, array), _) in enumerate(cases)]
     binary = {f"out{i}" for i, (_, b) in enumerate(cases) if b}
     body, header_length = encode_infer_response("lstm", "3", "rid" if with_id else None, outputs, binary)
@@ -183,8 +213,12 @@ def test_response_with_parameters_and_casts() -> None:
     logits = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
     ids = np.array([[1, 2]], dtype=np.int32)  # widened to INT64 safely
     body, header_length = encode_infer_response(
-        "m", "1", "x", [("logits", "FP32", logits), ("ids", "INT64", ids), ("s", "BYTES", np.array(["hé"]))],
-        {"logits"}, parameters={"sequence_id": 4},
+        "m",
+        "1",
+        "x",
+        [("logits", "FP32", logits), ("ids", "INT64", ids), ("s", "BYTES", np.array(["hé"]))],
+        {"logits"},
+        parameters={"sequence_id": 4},
     )
     assert header_length is not None
     header = json.loads(body[:header_length])
@@ -200,8 +234,11 @@ def test_response_with_parameters_and_casts() -> None:
 def test_json_only_response_is_plain_json() -> None:
     body, header_length = encode_infer_response("m", "1", None, [("ids", "INT64", np.array([7]))], set())
     assert header_length is None
-    assert json.loads(body) == {"model_name": "m", "model_version": "1",
-                                "outputs": [{"name": "ids", "datatype": "INT64", "shape": [1], "data": [7]}]}
+    assert json.loads(body) == {
+        "model_name": "m",
+        "model_version": "1",
+        "outputs": [{"name": "ids", "datatype": "INT64", "shape": [1], "data": [7]}],
+    }
 
 
 @pytest.mark.parametrize(
@@ -216,8 +253,9 @@ def test_json_only_response_is_plain_json() -> None:
         ([("a", "BYTES", np.array([3], dtype=object))], {"a"}, "bytes or str"),
     ],
 )
-def test_encode_rejects_what_it_cannot_send(outputs: list[tuple[str, str, np.ndarray]], binary: set[str],
-                                            needle: str) -> None:
+def test_encode_rejects_what_it_cannot_send(
+    outputs: list[tuple[str, str, np.ndarray]], binary: set[str], needle: str
+) -> None:
     with pytest.raises(ValueError, match=needle):
         encode_infer_response("m", "1", None, outputs, binary)
 
@@ -226,8 +264,12 @@ def test_encode_rejects_what_it_cannot_send(outputs: list[tuple[str, str, np.nda
 
 
 def tokens_request() -> tuple[bytes, int]:
-    body, header_length = client_request([("tokens", "INT64", np.arange(4, dtype=np.int64), True),
-                                          ("text", "BYTES", np.array([b"ab", b"c"], dtype=object), True)])
+    body, header_length = client_request(
+        [
+            ("tokens", "INT64", np.arange(4, dtype=np.int64), True),
+            ("text", "BYTES", np.array([b"ab", b"c"], dtype=object), True),
+        ]
+    )
     assert header_length is not None
     return body, header_length
 
@@ -273,19 +315,37 @@ def int64_input(size: int, shape: list[int] | None = None) -> dict[str, Any]:
         ({"inputs": [int64_input(True)]}, [b"\0"], "non-negative integer"),
         ({"inputs": [int64_input("16")]}, [b"\0" * 16], "non-negative integer"),  # type: ignore[arg-type]
         ({"inputs": [{**int64_input(16), "data": [1, 2]}]}, [b"\0" * 16], "both"),
-        ({"inputs": [{"name": "x", "shape": [1], "datatype": "BOOL", "parameters": {"binary_data_size": 1}}]},
-         [b"\x02"], "0 or 1"),
+        (
+            {"inputs": [{"name": "x", "shape": [1], "datatype": "BOOL", "parameters": {"binary_data_size": 1}}]},
+            [b"\x02"],
+            "0 or 1",
+        ),
         # BYTES: a length prefix claims too much, elements missing, bytes left over
-        ({"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}]},
-         [struct.pack("<I", 5) + b"ab"], "claims 5 bytes"),
-        ({"inputs": [{"name": "s", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 9}}]},
-         [struct.pack("<I", 5) + b"abcde"], "at least 8|before element 1"),
-        ({"inputs": [{"name": "s", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 11}}]},
-         [struct.pack("<I", 5) + b"abcde" + b"zz"], "before element 1"),
-        ({"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 7}}]},
-         [struct.pack("<I", 1) + b"abc"], "take 5 bytes"),
-        ({"inputs": [{"name": "s", "shape": [10**12], "datatype": "BYTES", "parameters": {"binary_data_size": 4}}]},
-         [b"\0" * 4], "at least"),
+        (
+            {"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}]},
+            [struct.pack("<I", 5) + b"ab"],
+            "claims 5 bytes",
+        ),
+        (
+            {"inputs": [{"name": "s", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 9}}]},
+            [struct.pack("<I", 5) + b"abcde"],
+            "at least 8|before element 1",
+        ),
+        (
+            {"inputs": [{"name": "s", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 11}}]},
+            [struct.pack("<I", 5) + b"abcde" + b"zz"],
+            "before element 1",
+        ),
+        (
+            {"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 7}}]},
+            [struct.pack("<I", 1) + b"abc"],
+            "take 5 bytes",
+        ),
+        (
+            {"inputs": [{"name": "s", "shape": [10**12], "datatype": "BYTES", "parameters": {"binary_data_size": 4}}]},
+            [b"\0" * 4],
+            "at least",
+        ),
         ({"inputs": [int64_input(16), int64_input(16)]}, [b"\0" * 32], "more than once"),
     ],
 )
@@ -353,10 +413,14 @@ def tensor(datatype: str, shape: Any, data: Any, name: str = "x") -> dict[str, A
         (json_request([tensor("INT64", [1], [1])], outputs=["y"]), "outputs\\[0\\] must be an object"),
         (json_request([tensor("INT64", [1], [1])], outputs=[{"name": ""}]), "non-empty string"),
         (json_request([tensor("INT64", [1], [1])], outputs=[{"name": "y"}, {"name": "y"}]), "more than once"),
-        (json_request([tensor("INT64", [1], [1])], outputs=[{"name": "y", "parameters": {"binary_data": "yes"}}]),
-         "boolean"),
-        (json_request([tensor("INT64", [1], [1])], outputs=[{"name": "y", "parameters": {"classification": 3}}]),
-         "classification"),
+        (
+            json_request([tensor("INT64", [1], [1])], outputs=[{"name": "y", "parameters": {"binary_data": "yes"}}]),
+            "boolean",
+        ),
+        (
+            json_request([tensor("INT64", [1], [1])], outputs=[{"name": "y", "parameters": {"classification": 3}}]),
+            "classification",
+        ),
         (json_request([tensor("INT64", [1], [1])], extra=1), "unknown field"),
     ],
 )

@@ -18,8 +18,13 @@ from hypothesis.extra import numpy as hnp
 from service.api.v2 import input_rows, sequence_params
 from service.api.v2_codec import DTYPES, InferRequest, V2ProtocolError, parse_header_length, parse_infer_request
 
-PROPERTIES = settings(max_examples=200, deadline=None, derandomize=True, database=None,
-                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROPERTIES = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 FIXED = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
 
 
@@ -48,10 +53,19 @@ def test_any_bytes(body: bytes, header_length: int | None) -> None:
     parse_or_refuse(body, header_length)
 
 
-JSON_SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats()
-                | st.text(max_size=8) | st.sampled_from([*FIXED, "BYTES", "input_ids", "INT128", "fp32"]))
-JSON = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
-                    | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=10)
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.sampled_from([*FIXED, "BYTES", "input_ids", "INT128", "fp32"])
+)
+JSON = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=10,
+)
 SHAPES = st.lists(st.integers(0, 4), max_size=3) | st.lists(st.integers(-2, 2**64), max_size=4) | JSON
 
 
@@ -64,11 +78,17 @@ def tensor_headers(draw: st.DrawFn) -> dict[str, Any]:
         "shape": draw(SHAPES),
     }
     if draw(st.booleans()):
-        tensor["data"] = draw(JSON | st.lists(JSON_SCALARS, max_size=8)
-                              | st.lists(st.lists(st.integers(-3, 80), max_size=3), max_size=3))
+        tensor["data"] = draw(
+            JSON | st.lists(JSON_SCALARS, max_size=8) | st.lists(st.lists(st.integers(-3, 80), max_size=3), max_size=3)
+        )
     if draw(st.booleans()):
-        parameters = draw(st.dictionaries(st.sampled_from(["binary_data_size", "shared_memory_region", "other"]),
-                                          st.integers(-2, 64) | JSON, max_size=2))
+        parameters = draw(
+            st.dictionaries(
+                st.sampled_from(["binary_data_size", "shared_memory_region", "other"]),
+                st.integers(-2, 64) | JSON,
+                max_size=2,
+            )
+        )
         tensor["parameters"] = parameters
     return tensor
 
@@ -76,16 +96,27 @@ def tensor_headers(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def request_parameters(draw: st.DrawFn) -> dict[str, Any]:
     keys = st.sampled_from(["sequence_id", "sequence_start", "sequence_end", "binary_data_output", "priority"])
-    values = (st.booleans() | st.integers(-1, 2**64 + 1) | st.sampled_from([0, "", "7", 0.0, math.nan])
-              | st.text(max_size=300) | JSON)
+    values = (
+        st.booleans()
+        | st.integers(-1, 2**64 + 1)
+        | st.sampled_from([0, "", "7", 0.0, math.nan])
+        | st.text(max_size=300)
+        | JSON
+    )
     return draw(st.dictionaries(keys, values, max_size=4))
 
 
 @PROPERTIES
-@given(st.lists(tensor_headers(), max_size=3), request_parameters() | JSON, st.binary(max_size=64),
-       st.booleans(), st.booleans())
-def test_any_json_header_with_any_payload(inputs: list[dict[str, Any]], parameters: Any, payload: bytes,
-                                          binary: bool, with_outputs: bool) -> None:
+@given(
+    st.lists(tensor_headers(), max_size=3),
+    request_parameters() | JSON,
+    st.binary(max_size=64),
+    st.booleans(),
+    st.booleans(),
+)
+def test_any_json_header_with_any_payload(
+    inputs: list[dict[str, Any]], parameters: Any, payload: bytes, binary: bool, with_outputs: bool
+) -> None:
     header: dict[str, Any] = {"inputs": inputs, "parameters": parameters}
     if with_outputs:
         header["outputs"] = [{"name": "logits", "parameters": {"binary_data": binary}}]

@@ -68,12 +68,15 @@ def test_profile_summary_groups_samples_by_component(tmp_path: Path) -> None:
     raw = tmp_path / "stacks.txt"
     raw.write_text(
         "thread (1): MainThread;main (service/cli.py:1);run (onnxruntime/capi/x.py:2) 3\n"
-        "thread (1): MainThread;main (service/cli.py:1);top_k (service/engine/topk.py:9) 1\n")
+        "thread (1): MainThread;main (service/cli.py:1);top_k (service/engine/topk.py:9) 1\n"
+    )
     summary = summarise(raw)
     assert summary["samples"] == 4
     assert summary["self"][0] == {"frame": "run (x.py)", "share": 0.75}
-    assert {c["frame"]: c["share"] for c in summary["components"]} == {"ONNX Runtime run": 0.75,
-                                                                       "sampling and top-k": 0.25}
+    assert {c["frame"]: c["share"] for c in summary["components"]} == {
+        "ONNX Runtime run": 0.75,
+        "sampling and top-k": 0.25,
+    }
 
 
 def test_targets_missing_figures_are_not_evaluated() -> None:

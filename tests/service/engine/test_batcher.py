@@ -34,8 +34,9 @@ def alone(rt: OnnxRuntime, row: np.ndarray, h: np.ndarray, c: np.ndarray) -> tup
     return logits[0], hn[:, 0], cn[:, 0]
 
 
-def make_batcher(rt: OnnxRuntime, store: MemoryStateStore | None = None, size: int = 64,
-                 delay: float = 0.02) -> Batcher:
+def make_batcher(
+    rt: OnnxRuntime, store: MemoryStateStore | None = None, size: int = 64, delay: float = 0.02
+) -> Batcher:
     store = store or MemoryStateStore(rt.layers, rt.hidden, 256)
     return Batcher(rt, store, Metrics(), max_batch_size=size, max_batch_delay_s=delay)
 
@@ -65,8 +66,9 @@ async def test_concurrent_steps_of_different_sessions_share_runs(runtime: OnnxRu
     sessions = [(await store.create(ttl_s=60)).session_id for _ in range(40)]
     rows = [ids(1 + i % 3) for i in range(40)]  # three distinct lengths
     runs, batches = runtime.runs, batcher.batches
-    results = await asyncio.gather(*(batcher.submit(Step(ids=r, session_id=s)) for r, s in zip(rows, sessions,
-                                                                                               strict=True)))
+    results = await asyncio.gather(
+        *(batcher.submit(Step(ids=r, session_id=s)) for r, s in zip(rows, sessions, strict=True))
+    )
     assert batcher.batches - batches == 1
     assert runtime.runs - runs == 3  # 40 requests, 3 ONNX Runtime calls
     zero = np.zeros((runtime.layers, runtime.hidden), np.float32)
@@ -109,8 +111,14 @@ async def test_a_write_that_lost_the_race_fails_and_changes_nothing(runtime: Onn
     store = RacingStore(runtime.layers, runtime.hidden, 4)
     batcher = make_batcher(runtime, store)
     batcher.start()
-    sid = (await store.create(ttl_s=60, h=np.ones((runtime.layers, runtime.hidden), np.float32),
-                              c=np.ones((runtime.layers, runtime.hidden), np.float32), position=3)).session_id
+    sid = (
+        await store.create(
+            ttl_s=60,
+            h=np.ones((runtime.layers, runtime.hidden), np.float32),
+            c=np.ones((runtime.layers, runtime.hidden), np.float32),
+            position=3,
+        )
+    ).session_id
     with pytest.raises(PositionConflict) as info:
         await batcher.submit(Step(ids=ids(4), session_id=sid))
     assert (info.value.expected, info.value.actual) == (3, 0)
@@ -126,11 +134,11 @@ async def test_expected_position_and_missing_sessions_fail_alone(runtime: OnnxRu
     sid = (await store.create(ttl_s=60)).session_id
     ok, conflict, missing, stateless = await asyncio.gather(
         batcher.submit(Step(ids=ids(2), session_id=sid, expected_position=0)),
-        batcher.submit(Step(ids=ids(2), session_id=(await store.create(ttl_s=60)).session_id,
-                            expected_position=5)),
+        batcher.submit(Step(ids=ids(2), session_id=(await store.create(ttl_s=60)).session_id, expected_position=5)),
         batcher.submit(Step(ids=ids(2), session_id="no-such-session")),
         batcher.submit(Step(ids=ids(2))),
-        return_exceptions=True)
+        return_exceptions=True,
+    )
     assert not isinstance(ok, BaseException) and ok.position == 2
     assert isinstance(conflict, PositionConflict) and conflict.actual == 0
     assert isinstance(missing, SessionNotFound)

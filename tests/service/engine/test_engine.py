@@ -109,8 +109,9 @@ async def test_requests_to_one_session_apply_in_arrival_order(engine: Engine) ->
     record, _ = await engine.create_session()
     sid = record.session_id
     # 30 requests at once, each only valid at the position its predecessors leave: all succeed only in order.
-    results = await asyncio.gather(*(engine.session_predict(sid, text="ab", expected_position=2 * i)
-                                     for i in range(30)))
+    results = await asyncio.gather(
+        *(engine.session_predict(sid, text="ab", expected_position=2 * i) for i in range(30))
+    )
     assert [r.record.position for r in results] == [2 * (i + 1) for i in range(30)]
     assert len(engine._locks) == 0  # per-session locks are dropped once idle
 
@@ -154,8 +155,14 @@ async def test_import_refuses_foreign_or_corrupt_states(engine: Engine) -> None:
     nan = np.full((2, 16), np.nan, "<f4")
     import base64
 
-    bad.append((PortableState(good.model_fingerprint, 3, good.shape, good.dtype,
-                              base64.b64encode(nan.tobytes()).decode(), good.c), InvalidInput))
+    bad.append(
+        (
+            PortableState(
+                good.model_fingerprint, 3, good.shape, good.dtype, base64.b64encode(nan.tobytes()).decode(), good.c
+            ),
+            InvalidInput,
+        )
+    )
     for state, error in bad:
         with pytest.raises(error):
             await engine.create_session(state=state)
@@ -207,8 +214,11 @@ def test_pieces_equal_whole_text_for_any_split(make_settings: SettingsFactory) -
             assert_same(pieces, whole.next)
 
         @settings(max_examples=40, deadline=None, derandomize=True)
-        @given(text=st.text(alphabet=TEST_VOCAB, min_size=1, max_size=80), data=st.data(),
-               noise=st.lists(st.text(alphabet=string.ascii_letters, min_size=1, max_size=9), max_size=6))
+        @given(
+            text=st.text(alphabet=TEST_VOCAB, min_size=1, max_size=80),
+            data=st.data(),
+            noise=st.lists(st.text(alphabet=string.ascii_letters, min_size=1, max_size=9), max_size=6),
+        )
         def prop(text: str, data: st.DataObject, noise: list[str]) -> None:
             cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(text) - 1)), max_size=6)))
             cuts = [c for c in cuts if 0 < c < len(text)]
@@ -222,7 +232,8 @@ def test_pieces_equal_whole_text_for_any_split(make_settings: SettingsFactory) -
 
 
 async def test_the_redis_backend_starts_without_redis_and_reports_it_unavailable(
-        make_settings: SettingsFactory) -> None:
+    make_settings: SettingsFactory,
+) -> None:
     # Nothing listens on this port: the model still loads (readiness then waits for the store), requests get 503.
     eng = Engine(make_settings(state_backend="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0"), Metrics())
     await eng.start()

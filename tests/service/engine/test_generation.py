@@ -62,8 +62,9 @@ async def test_the_same_tokens_by_every_path(engine: Engine, generator: Generato
     assert continued.tokens == prompted.tokens == expected.tokens
     assert continued.position == prompted.position == len(PROMPT) + 30
     # Another seed gives another text; the same seed again the same one.
-    assert (await stateless(generator, generator.params(max_tokens=30, temperature=0.9, seed=43))).tokens != \
-        expected.tokens
+    assert (
+        await stateless(generator, generator.params(max_tokens=30, temperature=0.9, seed=43))
+    ).tokens != expected.tokens
     assert (await stateless(generator, params)).tokens == expected.tokens
 
 
@@ -77,8 +78,9 @@ async def test_seeded_output_does_not_depend_on_what_shares_the_batches(generato
 
 async def test_the_session_remembers_what_it_wrote(engine: Engine, generator: Generator) -> None:
     record, _ = await engine.create_session(text=PROMPT)
-    result = await generator.run(await generator.prepare(generator.params(max_tokens=12, seed=1),
-                                                         session_id=record.session_id))
+    result = await generator.run(
+        await generator.prepare(generator.params(max_tokens=12, seed=1), session_id=record.session_id)
+    )
     assert (await engine.get_session(record.session_id)).position == len(PROMPT) + 12
     after = await engine.session_predict(record.session_id, text="x", top_k=76)
     whole = await engine.predict(text=PROMPT + result.text + "x", top_k=76)
@@ -95,10 +97,19 @@ async def test_stop_strings_end_the_generation(engine: Engine, generator: Genera
     assert stopped.position == len(PROMPT) + first
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("max_tokens", 0), ("max_tokens", 1001), ("temperature", -0.5), ("top_k", 77), ("top_p", 0.0),
-    ("seed", -1), ("seed", 2**64), ("stop", [""]),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", 0),
+        ("max_tokens", 1001),
+        ("temperature", -0.5),
+        ("top_k", 77),
+        ("top_p", 0.0),
+        ("seed", -1),
+        ("seed", 2**64),
+        ("stop", [""]),
+    ],
+)
 def test_parameters_are_checked(generator: Generator, field: str, value: object) -> None:
     with pytest.raises(InvalidInput, match=field if field != "stop" else "stop"):
         generator.params(**{field: value})  # type: ignore[arg-type]
@@ -166,8 +177,9 @@ async def test_a_step_cancelled_while_its_batch_runs_writes_nothing(engine: Engi
 
     runtime.run = slow_run  # type: ignore[method-assign,assignment]
     try:
-        step = asyncio.create_task(engine.batcher.submit(
-            Step(ids=np.array([3]), session_id=record.session_id, kind="generated")))
+        step = asyncio.create_task(
+            engine.batcher.submit(Step(ids=np.array([3]), session_id=record.session_id, kind="generated"))
+        )
         await asyncio.to_thread(started.wait, 5)
         step.cancel()  # the client went away while ONNX Runtime ran its batch
         release.set()

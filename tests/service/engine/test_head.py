@@ -18,8 +18,7 @@ RNG = np.random.default_rng(3)
 
 @pytest.mark.parametrize("fixture", ["tiny_model_path", "tiny_peephole_model_path"])
 @pytest.mark.parametrize("batch", [1, 3, 32])
-def test_head_logits_are_the_full_graphs_bit_for_bit(request: pytest.FixtureRequest, fixture: str,
-                                                     batch: int) -> None:
+def test_head_logits_are_the_full_graphs_bit_for_bit(request: pytest.FixtureRequest, fixture: str, batch: int) -> None:
     path: Path = request.getfixturevalue(fixture)
     runtime = OnnxRuntime(path, "cpu")
     head = Head.load(path, runtime)

@@ -37,8 +37,9 @@ async def test_mismatched_sha256_stops_the_start(make_settings: SettingsFactory)
     assert not engine.ready
 
 
-async def test_corrupt_model_stops_the_start_with_a_clear_message(make_settings: SettingsFactory,
-                                                                   tiny_model_path: Path, tmp_path: Path) -> None:
+async def test_corrupt_model_stops_the_start_with_a_clear_message(
+    make_settings: SettingsFactory, tiny_model_path: Path, tmp_path: Path
+) -> None:
     corrupt = truncated_copy(tiny_model_path, tmp_path / "corrupt.onnx")
     engine = Engine(make_settings(model_path=corrupt), Metrics())
     with pytest.raises(ModelLoadError, match=r"corrupt\.onnx"):

@@ -32,8 +32,9 @@ def test_session_options_are_applied() -> None:
 
 
 @pytest.mark.parametrize("peephole", [False, True])
-def test_runs_the_exported_graph_like_the_reference(tiny_model_path: Path, tiny_peephole_model_path: Path,
-                                                    peephole: bool) -> None:
+def test_runs_the_exported_graph_like_the_reference(
+    tiny_model_path: Path, tiny_peephole_model_path: Path, peephole: bool
+) -> None:
     path = tiny_peephole_model_path if peephole else tiny_model_path
     rt = OnnxRuntime(path, "cpu", graph_optimization="all")
     assert rt.provider == "cpu" and rt.metadata.config.peephole is peephole
@@ -59,9 +60,11 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 def test_a_model_without_metadata_or_contract_is_refused(tmp_path: Path, tiny_model_path: Path) -> None:
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "g",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
     plain = tmp_path / "plain.onnx"

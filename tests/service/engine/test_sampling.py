@@ -147,8 +147,11 @@ def test_a_row_samples_the_same_whatever_shares_its_batch() -> None:
     shuffled = sample(
         logits[perm],
         SamplingBatch.from_rows(
-            [temps[i] for i in perm], [ks[i] for i in perm], [ps[i] for i in perm],
-            [seeds[i] for i in perm], [steps[i] for i in perm],
+            [temps[i] for i in perm],
+            [ks[i] for i in perm],
+            [ps[i] for i in perm],
+            [seeds[i] for i in perm],
+            [steps[i] for i in perm],
         ),
     )
     assert shuffled.tolist() == full[perm].tolist()
@@ -272,8 +275,9 @@ def test_valid_params_pass() -> None:
         (1.0, 0, 1.0, 1.5, "seed"),
     ],
 )
-def test_invalid_params_are_rejected(temperature: object, top_k: object, top_p: object, seed: object,
-                                     needle: str) -> None:
+def test_invalid_params_are_rejected(
+    temperature: object, top_k: object, top_p: object, seed: object, needle: str
+) -> None:
     with pytest.raises(InvalidSamplingParams, match=needle):
         validate_params(temperature, top_k, top_p, VOCAB, seed=seed)  # type: ignore[arg-type]
     assert issubclass(InvalidSamplingParams, ValueError)

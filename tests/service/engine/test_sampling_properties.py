@@ -21,14 +21,21 @@ PROPERTIES = settings(max_examples=300, deadline=None, derandomize=True, databas
 
 # Floats of every kind: NaN, +-inf, +-0, subnormals, the largest finite values.
 ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True)
-EDGE_FLOATS = st.sampled_from([0.0, -0.0, 5e-324, 1e-300, 1.0, 1.0 + 2**-52, 1 - 2**-53, 1.7976931348623157e308,
-                               math.inf, -math.inf, math.nan])
+EDGE_FLOATS = st.sampled_from(
+    [0.0, -0.0, 5e-324, 1e-300, 1.0, 1.0 + 2**-52, 1 - 2**-53, 1.7976931348623157e308, math.inf, -math.inf, math.nan]
+)
 # Beyond float64, and beyond what Python will even print (4300 digits): the error message must still be built.
 HUGE_INTS = st.integers(-(10**400), 10**400) | st.sampled_from([10**5000, -(10**5000)])
-NUMBERS = (ANY_FLOAT | EDGE_FLOATS | HUGE_INTS | st.integers(-3, 80)
-           | st.builds(Fraction, st.integers(-(10**400), 10**400), st.integers(1, 10**400))
-           | ANY_FLOAT.map(np.float64) | st.floats(width=32).map(np.float32)
-           | st.integers(-(2**63), 2**63 - 1).map(np.int64))
+NUMBERS = (
+    ANY_FLOAT
+    | EDGE_FLOATS
+    | HUGE_INTS
+    | st.integers(-3, 80)
+    | st.builds(Fraction, st.integers(-(10**400), 10**400), st.integers(1, 10**400))
+    | ANY_FLOAT.map(np.float64)
+    | st.floats(width=32).map(np.float32)
+    | st.integers(-(2**63), 2**63 - 1).map(np.int64)
+)
 NOT_NUMBERS = st.sampled_from(["1.0", None, True, False, [1.0], {"t": 1}, b"1", 1j, object()])
 PARAM = NUMBERS | NOT_NUMBERS
 
@@ -39,11 +46,13 @@ def is_real(value: object) -> bool:
 
 def expected_valid(temperature: Any, top_k: Any, top_p: Any, vocab: int, seed: Any) -> bool:
     """The documented rules, applied to the value as the arrays will hold it (float64 / int64 / uint64)."""
-    if not (is_real(temperature) and is_real(top_p) and isinstance(top_k, int | np.integer)
-            and not isinstance(top_k, bool)):
+    if not (
+        is_real(temperature) and is_real(top_p) and isinstance(top_k, int | np.integer) and not isinstance(top_k, bool)
+    ):
         return False
-    if seed is not None and not (isinstance(seed, int | np.integer) and not isinstance(seed, bool)
-                                 and 0 <= seed <= MAX_SEED):
+    if seed is not None and not (
+        isinstance(seed, int | np.integer) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED
+    ):
         return False
     try:
         t, p = float(temperature), float(top_p)
@@ -57,8 +66,9 @@ def expected_valid(temperature: Any, top_k: Any, top_p: Any, vocab: int, seed: A
 @example(temperature=10**400, top_k=0, top_p=1.0, seed=None, vocab=5)  # float() overflows
 @example(temperature=1.0, top_k=10**5000, top_p=1.0, seed=None, vocab=5)  # too long to print in the message
 @example(temperature=1.0, top_k=0, top_p=Fraction(1, 10**400), seed=None, vocab=5)  # positive, but 0.0 as float
-def test_validation_accepts_exactly_the_usable_values(temperature: Any, top_k: Any, top_p: Any, seed: Any,
-                                                      vocab: int) -> None:
+def test_validation_accepts_exactly_the_usable_values(
+    temperature: Any, top_k: Any, top_p: Any, seed: Any, vocab: int
+) -> None:
     valid = expected_valid(temperature, top_k, top_p, vocab, seed)
     if not valid:
         with pytest.raises(InvalidSamplingParams):
@@ -71,20 +81,29 @@ def test_validation_accepts_exactly_the_usable_values(temperature: Any, top_k: A
 def accepted_rows(draw: st.DrawFn) -> tuple[np.ndarray, SamplingBatch]:
     """Logits over the whole float32 range, and rows of parameters drawn from everything validation accepts."""
     rows, vocab = draw(st.integers(1, 6)), draw(st.integers(1, 80))
-    logits = draw(hnp.arrays(np.float32, (rows, vocab),
-                             elements=st.floats(width=32, allow_nan=False, allow_infinity=False)
-                             | st.sampled_from([0.0, 1.0, -1.0])))
+    logits = draw(
+        hnp.arrays(
+            np.float32,
+            (rows, vocab),
+            elements=st.floats(width=32, allow_nan=False, allow_infinity=False) | st.sampled_from([0.0, 1.0, -1.0]),
+        )
+    )
     temps: list[Any] = []  # floats, ints and Fractions: whatever validation accepts
     ps: list[Any] = []
     ks: list[int] = []
     seeds: list[int] = []
     steps: list[int] = []
     for _ in range(rows):
-        temperature: Any = draw(st.floats(0, 1.7976931348623157e308) | EDGE_FLOATS | st.integers(0, 10**300)
-                           | st.builds(Fraction, st.integers(0, 10**400), st.integers(1, 10**400)))
+        temperature: Any = draw(
+            st.floats(0, 1.7976931348623157e308)
+            | EDGE_FLOATS
+            | st.integers(0, 10**300)
+            | st.builds(Fraction, st.integers(0, 10**400), st.integers(1, 10**400))
+        )
         top_k = draw(st.integers(0, vocab))
-        top_p: Any = draw(st.floats(5e-324, 1.0) | EDGE_FLOATS
-                     | st.builds(Fraction, st.integers(1, 10), st.integers(10, 10**400)))
+        top_p: Any = draw(
+            st.floats(5e-324, 1.0) | EDGE_FLOATS | st.builds(Fraction, st.integers(1, 10), st.integers(10, 10**400))
+        )
         seed = draw(st.integers(0, MAX_SEED))
         try:
             validate_params(temperature, top_k, top_p, vocab, seed=seed)
@@ -102,8 +121,7 @@ def accepted_rows(draw: st.DrawFn) -> tuple[np.ndarray, SamplingBatch]:
 
 @PROPERTIES
 @given(accepted_rows())
-def test_accepted_values_always_sample_a_token_of_the_top_k_and_nucleus(
-        case: tuple[np.ndarray, SamplingBatch]) -> None:
+def test_accepted_values_always_sample_a_token_of_the_top_k_and_nucleus(case: tuple[np.ndarray, SamplingBatch]) -> None:
     logits, params = case
     with np.errstate(invalid="raise"):  # a NaN made anywhere (inf - inf, 0 * inf, 0 / 0) fails the test
         ids = sample(logits, params)

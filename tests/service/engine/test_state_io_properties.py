@@ -31,20 +31,28 @@ def b64(raw: bytes) -> str:
 # number, random bytes, base64 with whitespace, padding or non-ASCII damage, or plain text.
 FLOAT32S = hnp.arrays(np.dtype("<f4"), SIZE, elements=st.floats(width=32) | st.sampled_from([np.nan, np.inf]))
 ANY_BITS = st.binary(min_size=4 * SIZE, max_size=4 * SIZE)
-ARRAYS = (FLOAT32S.map(lambda a: b64(a.tobytes())) | ANY_BITS.map(b64)
-          | st.binary(max_size=64).map(b64)
-          | st.tuples(FLOAT32S, st.sampled_from([" ", "\n", "=", "==", "é", "\0", "-", "_"]), st.integers(0, 30))
-          .map(lambda t: b64(t[0].tobytes())[: t[2]] + t[1] + b64(t[0].tobytes())[t[2]:])
-          | st.text(max_size=40))
+ARRAYS = (
+    FLOAT32S.map(lambda a: b64(a.tobytes()))
+    | ANY_BITS.map(b64)
+    | st.binary(max_size=64).map(b64)
+    | st.tuples(FLOAT32S, st.sampled_from([" ", "\n", "=", "==", "é", "\0", "-", "_"]), st.integers(0, 30)).map(
+        lambda t: b64(t[0].tobytes())[: t[2]] + t[1] + b64(t[0].tobytes())[t[2] :]
+    )
+    | st.text(max_size=40)
+)
 POSITIONS = st.integers(-(2**70), 2**70) | st.sampled_from([0, MAX_POSITION, MAX_POSITION + 1, 2**63 - 1, 2**63])
-SHAPES = st.just(SHAPE) | st.tuples(st.integers(-(2**70), 2**70), st.integers(-3, 8)) | st.sampled_from(
-    [(3, 2), (SIZE, 1), (1, SIZE), (2, 3, 1), (2,), ()])
+SHAPES = (
+    st.just(SHAPE)
+    | st.tuples(st.integers(-(2**70), 2**70), st.integers(-3, 8))
+    | st.sampled_from([(3, 2), (SIZE, 1), (1, SIZE), (2, 3, 1), (2,), ()])
+)
 
 
 @st.composite
 def portable_states(draw: st.DrawFn) -> PortableState:
-    fingerprint = draw(st.just(FINGERPRINT) | st.sampled_from(["", "sha256:" + "00" * 32, FINGERPRINT.upper()])
-                       | st.text(max_size=10))
+    fingerprint = draw(
+        st.just(FINGERPRINT) | st.sampled_from(["", "sha256:" + "00" * 32, FINGERPRINT.upper()]) | st.text(max_size=10)
+    )
     dtype = draw(st.just("float32") | st.sampled_from(["float64", "float16", "FLOAT32", "<f4", ""]))
     shape: Any = draw(SHAPES)
     return PortableState(fingerprint, draw(POSITIONS), shape, dtype, draw(ARRAYS), draw(ARRAYS))

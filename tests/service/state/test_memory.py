@@ -51,8 +51,7 @@ async def test_create_load_save_roundtrip() -> None:
     recs = loaded.records
     assert all(isinstance(r, SessionRecord) for r in recs)
     new_h = np.stack([state(3), state(4)], axis=1)  # (L, 2, H)
-    out = await store.save_many([b.session_id, a.session_id], new_h, new_h * 2, [9, 1],
-                                [r.version for r in recs])  # type: ignore[union-attr]
+    out = await store.save_many([b.session_id, a.session_id], new_h, new_h * 2, [9, 1], [r.version for r in recs])  # type: ignore[union-attr]
     assert [r.position for r in out] == [9, 1]  # type: ignore[union-attr]
     _, h, c = await store.get_state(a.session_id)
     np.testing.assert_array_equal(h, state(4))
@@ -234,7 +233,10 @@ def test_memory_per_session_is_close_to_the_raw_state() -> None:
     raw = layers * 2 * hidden * 4  # h and C, float32
     out = subprocess.run(
         [sys.executable, "-c", _RSS_PROBE, str(layers), str(hidden), str(n)],
-        capture_output=True, text=True, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout.split()
     per_session, array_bytes = float(out[0]), float(out[1])
     # Every byte of every slot was written, so the arrays are resident; allow 15% for dict, ids and pages.

@@ -65,6 +65,7 @@ async def redis_stores(redis_server: RedisServer) -> AsyncIterator[Callable[...,
 def make_store(request: pytest.FixtureRequest) -> StoreFactory:
     """The same behavioural checks run against both backends."""
     if request.param == "memory":
+
         def make_memory(max_sessions: int = 8, clock: Callable[[], float] | None = None, **kw: Any) -> StateStore:
             return MemoryStateStore(L, H, max_sessions, clock=clock or Clock(), **kw)
 
@@ -74,6 +75,7 @@ def make_store(request: pytest.FixtureRequest) -> StoreFactory:
 
 
 # ---- the memory store's behaviour, on both backends -----------------------------------------------------------
+
 
 async def test_create_load_save_roundtrip(make_store: StoreFactory) -> None:
     store = make_store()
@@ -89,8 +91,7 @@ async def test_create_load_save_roundtrip(make_store: StoreFactory) -> None:
     recs = loaded.records
     assert all(isinstance(r, SessionRecord) for r in recs)
     new_h = np.stack([state(3), state(4)], axis=1)  # (L, 2, H)
-    out = await store.save_many([b.session_id, a.session_id], new_h, new_h * 2, [9, 1],
-                                [r.version for r in recs])  # type: ignore[union-attr]
+    out = await store.save_many([b.session_id, a.session_id], new_h, new_h * 2, [9, 1], [r.version for r in recs])  # type: ignore[union-attr]
     assert [r.position for r in out] == [9, 1]  # type: ignore[union-attr]
     _, h, c = await store.get_state(a.session_id)
     np.testing.assert_array_equal(h, state(4))
@@ -274,8 +275,10 @@ async def test_state_shape_is_checked(make_store: StoreFactory) -> None:
 
 # ---- Redis only ---------------------------------------------------------------------------------------------
 
+
 async def test_one_binary_key_per_session_with_native_ttl(
-        redis_stores: Callable[..., RedisStateStore], redis_server: RedisServer) -> None:
+    redis_stores: Callable[..., RedisStateStore], redis_server: RedisServer
+) -> None:
     store = redis_stores(clock=time.time)
     h = np.arange(L * H, dtype=np.float32).reshape(L, H)
     rec = await store.create(ttl_s=60, h=h, c=-h, position=7)
@@ -302,7 +305,8 @@ async def test_one_binary_key_per_session_with_native_ttl(
 
 
 async def test_one_round_trip_per_batch(
-        redis_stores: Callable[..., RedisStateStore], redis_server: RedisServer) -> None:
+    redis_stores: Callable[..., RedisStateStore], redis_server: RedisServer
+) -> None:
     store = redis_stores(max_sessions=64)
     ids = [(await store.create(ttl_s=60)).session_id for _ in range(16)]
     client = redis_server.client()
@@ -330,8 +334,7 @@ async def test_one_round_trip_per_batch(
         client.close()
 
 
-async def test_two_replicas_writing_one_version_exactly_one_wins(
-        redis_stores: Callable[..., RedisStateStore]) -> None:
+async def test_two_replicas_writing_one_version_exactly_one_wins(redis_stores: Callable[..., RedisStateStore]) -> None:
     a, b = redis_stores(clock=time.time), redis_stores(clock=time.time)  # two connection pools: two replicas
     sid = (await a.create(ttl_s=60)).session_id
     for round_ in range(20):
@@ -342,7 +345,8 @@ async def test_two_replicas_writing_one_version_exactly_one_wins(
         hb = np.full((L, 1, H), -round_ - 1, np.float32)
         out_a, out_b = await asyncio.gather(
             a.save_many([sid], ha, ha, [round_ + 1], [read_a.version]),
-            b.save_many([sid], hb, hb, [round_ + 1], [read_b.version]))
+            b.save_many([sid], hb, hb, [round_ + 1], [read_b.version]),
+        )
         results = [out_a[0], out_b[0]]
         winners = [r for r in results if isinstance(r, SessionRecord)]
         assert len(winners) == 1, results
@@ -355,7 +359,8 @@ async def test_two_replicas_writing_one_version_exactly_one_wins(
 
 
 async def test_expired_evicted_and_deleted_are_told_apart_across_replicas(
-        redis_stores: Callable[..., RedisStateStore]) -> None:
+    redis_stores: Callable[..., RedisStateStore],
+) -> None:
     clock = Clock()
     a = redis_stores(max_sessions=2, clock=clock, evict_idle_after_s=0)
     b = redis_stores(max_sessions=2, clock=clock, evict_idle_after_s=0)
@@ -392,7 +397,8 @@ async def test_native_ttl_and_markers_expire_in_redis(redis_stores: Callable[...
 
 
 async def test_unreachable_redis_is_unavailable_and_recovers(
-        redis_stores: Callable[..., RedisStateStore], redis_server: RedisServer) -> None:
+    redis_stores: Callable[..., RedisStateStore], redis_server: RedisServer
+) -> None:
     store = redis_stores(clock=time.time, health_interval_s=0.1)
     await store.start()
     assert store.available
@@ -482,9 +488,11 @@ async def test_readiness_and_503_follow_redis(app_factory: AppFactory, redis_ser
         redis_server.stop()
         down = await wait_ready(client, 503)
         assert down.json()["error"]["code"] == "state_store_unavailable" and down.headers["retry-after"] == "1"
-        for r in (await client.post("/v1/sessions", json={"text": "a"}),
-                  await client.post(f"/v1/sessions/{sid}/predict", json={"text": "a"}),
-                  await client.get(f"/v1/sessions/{sid}")):
+        for r in (
+            await client.post("/v1/sessions", json={"text": "a"}),
+            await client.post(f"/v1/sessions/{sid}/predict", json={"text": "a"}),
+            await client.get(f"/v1/sessions/{sid}"),
+        ):
             assert r.status_code == 503 and r.json()["error"]["code"] == "state_store_unavailable", r.text
         assert (await client.post("/v1/predict", json={"text": "a"})).status_code == 200  # needs no store
         redis_server.restart()

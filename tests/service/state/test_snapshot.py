@@ -117,7 +117,8 @@ async def test_a_failed_write_leaves_the_previous_snapshot(tmp_path: Path, monke
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "inconsistent"])
 async def test_a_corrupt_snapshot_is_moved_aside_and_the_store_starts_empty(
-        tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
     store, _ = await filled()
     path = tmp_path / "sessions.snapshot"
     write_snapshot(capture(store, FP), path)
@@ -130,8 +131,12 @@ async def test_a_corrupt_snapshot_is_moved_aside_and_the_store_starts_empty(
         path.write_bytes(b"")
     else:  # readable, but the arrays disagree
         snap = capture(store, FP)
-        write_snapshot(snapshot_module.Snapshot(**{**{f: getattr(snap, f) for f in snap.__slots__},
-                                                   "position": snap.position[:1]}), path)
+        write_snapshot(
+            snapshot_module.Snapshot(
+                **{**{f: getattr(snap, f) for f in snap.__slots__}, "position": snap.position[:1]}
+            ),
+            path,
+        )
     with pytest.raises(SnapshotError) as info:
         read_snapshot(path, FP, (L, H))
     assert info.value.kind == "corrupt"
@@ -203,8 +208,9 @@ async def test_the_app_restores_its_sessions_after_a_restart(app_factory: AppFac
     assert after_restart["next"] == continuous["next"]
 
 
-async def test_temporaries_of_an_interrupted_write_are_removed_at_start(tmp_path: Path,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+async def test_temporaries_of_an_interrupted_write_are_removed_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store, records = await filled()
     path = tmp_path / "sessions.snapshot"
     await Snapshotter(store, path, 0, FP).write()
