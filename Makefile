@@ -45,6 +45,7 @@ test: system-deps dev
 
 lint: dev
 	$(VENV)/bin/ruff check service model tests
+	$(VENV)/bin/ruff format --check service model tests
 	$(VENV)/bin/mypy
 
 train: dev
