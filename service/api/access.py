@@ -18,11 +18,11 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import ErrorJSONResponse, engine_error_response, error_response, v2_error
-from service.engine.errors import RequestTimeout, SessionNotFound
+from service.errors import RequestTimeout, SessionNotFound
 from service.metrics import Metrics
 from service.security.keys import ANONYMOUS, KeyRing, bearer_token
 from service.security.ratelimit import RateLimiter, retry_after_header
-from service.state.store import owner_of
+from service.session_ids import owner_of
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.schemas import ErrorResponse
 from service.api.v2_codec import V2ProtocolError
-from service.engine.errors import (
+from service.errors import (
     Draining,
     EngineError,
     InvalidInput,

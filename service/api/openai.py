@@ -20,8 +20,8 @@ from service.api.deps import EngineDep, GeneratorDep
 from service.api.errors import responses
 from service.api.schemas_openai import Completion, CompletionChoice, CompletionRequest, ModelCard, ModelList, Usage
 from service.api.sse import SSE_RESPONSES, event_stream
-from service.engine.errors import UnknownModel
 from service.engine.generation import Finished, Token
+from service.errors import UnknownModel
 
 router = APIRouter(tags=["openai"])
 

@@ -32,8 +32,8 @@ from service.api.generate import NativeEvents
 from service.api.schemas import SessionPredictRequest, TokenProbability
 from service.api.schemas_generate import GenerateFrame
 from service.engine.engine import Engine
-from service.engine.errors import EngineError, InvalidInput
 from service.engine.generation import Generator, Token
+from service.errors import EngineError, InvalidInput
 
 router = APIRouter(tags=["sessions"])
 log = logging.getLogger(__name__)

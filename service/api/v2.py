@@ -32,8 +32,8 @@ from service.api.v2_codec import (
     select_outputs,
 )
 from service.engine.engine import Engine
-from service.engine.errors import EngineError, UnknownModel
 from service.engine.sequences import Sequences, sequence_key
+from service.errors import EngineError, UnknownModel
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 

@@ -34,9 +34,9 @@ from typing import Literal
 
 import numpy as np
 
-from service.engine.errors import Draining, EngineError, PositionConflict, VersionConflict
 from service.engine.runtime import OnnxRuntime
 from service.engine.sampling import SamplingBatch, sample
+from service.errors import Draining, EngineError, PositionConflict, VersionConflict
 from service.metrics import Metrics
 from service.state.store import SessionRecord, StateStore
 

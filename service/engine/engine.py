@@ -21,15 +21,16 @@ from model.onnx_meta import ModelMetadata
 from model.tokenizer import InvalidTokenIdError, UnknownCharacterError
 from service.config import Settings
 from service.engine.batcher import Batcher, Step, StepResult
-from service.engine.errors import Draining, EngineError, InvalidInput, InvalidToken, NotReady, TooManySessions
 from service.engine.locks import SessionLocks
 from service.engine.runtime import OnnxRuntime, verify_sha256
 from service.engine.state_io import PortableState, export_state, import_state
 from service.engine.topk import TokenProb, top_k
+from service.errors import Draining, EngineError, InvalidInput, InvalidToken, NotReady, TooManySessions
 from service.metrics import Metrics
+from service.session_ids import owner_of
 from service.state.memory import MemoryStateStore
 from service.state.snapshot import Snapshotter
-from service.state.store import SessionRecord, StateStore, owner_of
+from service.state.store import SessionRecord, StateStore
 
 log = logging.getLogger(__name__)
 

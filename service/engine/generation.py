@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from service.engine.batcher import SampleNext, Step, StepResult
-from service.engine.errors import EngineError, InvalidInput, PositionConflict, TooManyStreams
 from service.engine.head import Head
 from service.engine.sampling import InvalidSamplingParams, SamplingBatch, StopMatcher, sample, validate_params
+from service.errors import EngineError, InvalidInput, PositionConflict, TooManyStreams
 
 if TYPE_CHECKING:
     from service.engine.engine import Engine

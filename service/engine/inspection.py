@@ -19,9 +19,9 @@ import numpy as np
 
 from model.reference import GateTrace, ReferenceLSTM
 from service.engine.batcher import Step, StepResult
-from service.engine.errors import InvalidInput
 from service.engine.runtime import ModelLoadError
 from service.engine.topk import TokenProb, top_k
+from service.errors import InvalidInput
 from service.state.store import SessionRecord
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service.engine.batcher import Step
-from service.engine.errors import EngineError, InvalidInput, SequenceNotStarted, SessionExpired, SessionNotFound
+from service.errors import EngineError, InvalidInput, SequenceNotStarted, SessionExpired, SessionNotFound
 
 if TYPE_CHECKING:
     from service.engine.engine import Engine

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.engine.errors import InvalidInput, StateMismatch
+from service.errors import InvalidInput, StateMismatch
 
 DTYPE = "float32"
 _WIRE = np.dtype("<f4")  # little-endian float32, whatever the host's byte order

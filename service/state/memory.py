@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from service.engine.errors import (
+from service.errors import (
     EngineError,
     SessionExpired,
     SessionNotFound,
@@ -34,13 +34,12 @@ from service.engine.errors import (
     TooManySessions,
     VersionConflict,
 )
+from service.session_ids import new_session_id, owner_of
 from service.state.store import (
     EvictionReason,
     LoadedStates,
     SessionRecord,
     StateStore,
-    new_session_id,
-    owner_of,
 )
 
 

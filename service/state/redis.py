@@ -58,7 +58,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.engine.errors import (
+from service.errors import (
     EngineError,
     SessionExpired,
     SessionNotFound,
@@ -67,7 +67,8 @@ from service.engine.errors import (
     TooManySessions,
     VersionConflict,
 )
-from service.state.store import LoadedStates, SessionRecord, StateStore, new_session_id, owner_of
+from service.session_ids import new_session_id, owner_of
+from service.state.store import LoadedStates, SessionRecord, StateStore
 
 log = logging.getLogger(__name__)
 

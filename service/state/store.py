@@ -9,7 +9,6 @@ if two writers race (several server processes sharing one Redis, say).
 
 from __future__ import annotations
 
-import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,30 +16,11 @@ from typing import Literal
 
 import numpy as np
 
-from service.engine.errors import EngineError
+from service.errors import EngineError
 
 EvictionReason = Literal["ttl", "capacity", "deleted"]
 EvictionListener = Callable[[EvictionReason, int], None]
 EVICTION_REASONS: tuple[EvictionReason, ...] = ("ttl", "capacity", "deleted")
-
-
-OWNER_SEPARATOR = "."  # not in the base64url alphabet of the random part
-
-
-def new_session_id(owner: str = "") -> str:
-    """A session id with 128 random bits, URL-safe (22 characters): unguessable, so it doubles as a capability.
-
-    A session created by an API key carries that key's principal in front (`<principal>.<random>`), so that who
-    owns a session is part of its id: any other key is answered session_not_found without a lookup.
-    """
-    token = secrets.token_urlsafe(16)
-    return f"{owner}{OWNER_SEPARATOR}{token}" if owner else token
-
-
-def owner_of(session_id: str) -> str:
-    """The principal a session id belongs to ("" for sessions made without API keys)."""
-    owner, sep, _ = session_id.rpartition(OWNER_SEPARATOR)
-    return owner if sep else ""
 
 
 @dataclass(frozen=True, slots=True)

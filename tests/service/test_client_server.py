@@ -59,7 +59,7 @@ async def test_async_client_errors_carry_the_code(lstm: AsyncClient) -> None:
 async def test_stream_error_midway_raises_after_the_tokens(
     lstm: AsyncClient, client: AppClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.engine.errors import Draining
+    from service.errors import Draining
 
     session = await lstm.create_session(text="To be")
     real = client.engine.batcher.submit

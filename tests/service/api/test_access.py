@@ -15,7 +15,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from service.api.errors import engine_error_response
 from service.app import create_app
-from service.engine.errors import TooManyStreams
+from service.errors import TooManyStreams
 from service.security.keys import hash_key
 from tests.service.conftest import AppClient, AppFactory, SettingsFactory
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from service.app import create_app
 from service.client import SSEDecoder
 from service.engine.batcher import Step, StepResult
-from service.engine.errors import StateStoreUnavailable
+from service.errors import StateStoreUnavailable
 from tests.service.conftest import AppClient, SettingsFactory
 
 PROMPT = "ROMEO:\n"

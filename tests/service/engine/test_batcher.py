@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from service.engine.batcher import Batcher, Step, staircase
-from service.engine.errors import Draining, PositionConflict, SessionNotFound
 from service.engine.runtime import OnnxRuntime
+from service.errors import Draining, PositionConflict, SessionNotFound
 from service.metrics import Metrics
 from service.state.memory import MemoryStateStore
 

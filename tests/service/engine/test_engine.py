@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.engine.engine import Engine
-from service.engine.errors import (
+from service.engine.state_io import PortableState
+from service.errors import (
     Draining,
     InvalidInput,
     InvalidToken,
@@ -23,7 +24,6 @@ from service.engine.errors import (
     StateMismatch,
     StateStoreUnavailable,
 )
-from service.engine.state_io import PortableState
 from service.metrics import Metrics
 from tests.factories import TEST_VOCAB
 from tests.redis_server import free_port

@@ -12,9 +12,9 @@ import pytest
 
 from service.engine.batcher import Step
 from service.engine.engine import Engine
-from service.engine.errors import InvalidInput, SessionNotFound
 from service.engine.generation import Finished, GenerationParams, Generator, Token
 from service.engine.runtime import OnnxRuntime
+from service.errors import InvalidInput, SessionNotFound
 from service.metrics import Metrics
 from tests.service.conftest import SettingsFactory
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from service.engine.engine import Engine
-from service.engine.errors import InvalidInput, SessionNotFound
 from service.engine.inspection import Inspector
+from service.errors import InvalidInput, SessionNotFound
 from service.metrics import Metrics
 from tests.service.conftest import SettingsFactory
 

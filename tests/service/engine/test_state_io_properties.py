@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from service.engine.errors import InvalidInput, StateMismatch
 from service.engine.state_io import MAX_POSITION, PortableState, export_state, import_state
+from service.errors import InvalidInput, StateMismatch
 
 PROPERTIES = settings(max_examples=300, deadline=None, derandomize=True, database=None)
 FINGERPRINT = "sha256:" + "ab" * 32

@@ -8,8 +8,8 @@ from contextlib import aclosing
 import pytest
 
 from service.engine.engine import Engine
-from service.engine.errors import TooManyStreams
 from service.engine.generation import Generator
+from service.errors import TooManyStreams
 from service.metrics import Metrics
 from tests.service.conftest import SettingsFactory
 

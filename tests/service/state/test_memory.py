@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from service.engine.errors import (
+from service.errors import (
     SessionExpired,
     SessionNotFound,
     StateMismatch,

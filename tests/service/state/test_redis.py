@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.engine.errors import (
+from service.errors import (
     SessionExpired,
     SessionNotFound,
     StateMismatch,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.engine.errors import SessionExpired, SessionNotFound
+from service.errors import SessionExpired, SessionNotFound
 from service.state import snapshot as snapshot_module
 from service.state.memory import MemoryStateStore
 from service.state.snapshot import (

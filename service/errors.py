@@ -1,4 +1,4 @@
-"""Engine exceptions: what can go wrong in serving, free of HTTP.
+"""Serving exceptions, shared by the engine and the state stores: what can go wrong in serving, free of HTTP.
 
 `service/api/errors.py` is the one place that maps each of these to a status code and an error code.
 """
