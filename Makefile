@@ -18,9 +18,11 @@ $(VENV)/.serve: pyproject.toml
 	touch $@
 
 # torch is installed first and pinned: the CPU build of 2.13.0 installs without CUDA packages.
-$(VENV)/.dev: pyproject.toml $(VENV)/.serve
+# The Python client is its own distribution (clients/python): the tests and the bench's load generator use it.
+$(VENV)/.dev: pyproject.toml clients/python/pyproject.toml $(VENV)/.serve
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e clients/python
 	touch $@
 
 venv: $(VENV)/.serve
