@@ -153,7 +153,47 @@ def _hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+# What `lstm-serve bench` imports beyond the serving install, and how to install each: the `bench` extra, and the
+# Python client, its own distribution in this repository (not on PyPI). `make dev` installs both.
+BENCH_REQUIREMENTS = {
+    "psutil": "pip install 'lstm-serve[bench]'",
+    "matplotlib": "pip install 'lstm-serve[bench]'",
+    "lstm_serve_client": "pip install ./clients/python",
+}
+
+
+def missing_bench_modules(modules: Sequence[str] = tuple(BENCH_REQUIREMENTS)) -> list[str]:
+    """The modules the benchmark needs that cannot be found (looked up, not imported)."""
+    import importlib.util
+
+    missing = []
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def bench_requirements_message(missing: Sequence[str]) -> str:
+    """What to install for the missing modules, one line per install command."""
+    by_command: dict[str, list[str]] = {}
+    for name in missing:
+        by_command.setdefault(BENCH_REQUIREMENTS.get(name, "pip install 'lstm-serve[bench]'"), []).append(name)
+    lines = [f"lstm-serve bench: missing {', '.join(missing)}; the benchmark needs more than the serving install:"]
+    width = max(len(command) for command in by_command)
+    lines += [f"  {command:<{width}}  # {', '.join(names)}" for command, names in by_command.items()]
+    lines.append("(the bench extra, and the Python client from a checkout of the repository; make dev installs both)")
+    return "\n".join(lines)
+
+
 def _bench(args: argparse.Namespace) -> int:
+    missing = missing_bench_modules()
+    if missing:  # checked before importing service.bench, which would die on the first missing import
+        print(bench_requirements_message(missing), file=sys.stderr)
+        return 2
     from service.bench.runner import bench
 
     return bench(args)
