@@ -43,11 +43,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from importlib import resources
 from typing import Any, TypeVar
 
 import numpy as np
@@ -76,7 +78,7 @@ T = TypeVar("T")
 
 MAGIC = b"LSS1"
 HEADER = struct.Struct("<4sII6d")  # magic, layers, hidden; version, position, created, last used, expires, ttl
-LUA_HEADER = "<c4I4I4dddddd"  # the same layout for Redis's Lua `struct` library
+LUA_HEADER = "<c4I4I4dddddd"  # the same layout for Redis's Lua `struct` library (FMT in lua/prelude.lua)
 _WIRE = np.dtype("<f4")
 _PLACEHOLDER = bytes(HEADER.size)  # the header's bytes in a value sent to a script, which writes the real header
 SWEEP_BATCH = 1000
@@ -85,240 +87,20 @@ SWEEP_BATCH = 1000
 _UNAVAILABLE_REPLIES = ("OOM", "READONLY", "MASTERDOWN", "LOADING", "BUSY", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN")
 
 # ---- Lua ---------------------------------------------------------------------------------------------------------
-# Every script: ARGV[1] key prefix, ARGV[2] the caller's clock (Unix seconds), ARGV[3] how long markers outlive
-# states; then its own arguments. Every script returns {ttl evictions, capacity evictions, ...}: each removal is
-# counted by the one script that made it, so the replicas' counters add up to the fleet's evictions.
-_PRELUDE = f"""
-local P = ARGV[1]
-local NOW = tonumber(ARGV[2])
-local GRACE = tonumber(ARGV[3])
-local FMT = '{LUA_HEADER}'
-local HLEN = {HEADER.size}
-local EXP = P .. ':exp'
-local LRU = P .. ':lru'
-local reaped = 0
-local evicted = 0
+# The scripts live in service/state/lua/ (shipped in the wheel): prelude.lua, the helpers every script shares
+# (its comments say what every script takes and returns), then one file per script.
+SCRIPTS = ("save_many", "create", "fork", "reset", "delete", "reap", "sweep")
 
-local function skey(id) return P .. ':s:' .. id end
-local function gkey(id) return P .. ':seen:' .. id end
--- The set of an API key's live sessions (ids `<owner>.<random>`; ids without an owner are in none).
-local function okey(id)
-  local owner = string.match(id, '^(.+)%.')
-  if owner then return P .. ':own:' .. owner end
-  return nil
-end
-local function own(id)
-  local k = okey(id)
-  if k then redis.call('SADD', k, id) end
-end
-local function disown(id)
-  local k = okey(id)
-  if k then redis.call('SREM', k, id) end
-end
-local function ms(s) return math.max(1, math.ceil(s * 1000)) end
 
-local function remove(id, reason)
-  redis.call('DEL', skey(id))
-  redis.call('ZREM', EXP, id)
-  redis.call('ZREM', LRU, id)
-  disown(id)
-  if reason == 'deleted' then
-    redis.call('DEL', gkey(id))
-  elseif reason == 'capacity' and redis.call('EXISTS', gkey(id)) == 1 then
-    redis.call('SET', gkey(id), 'capacity', 'KEEPTTL')
-  end
-end
+@functools.cache
+def lua_source(name: str) -> str:
+    """The text of service/state/lua/<name>.lua, as packaged."""
+    return (resources.files("service.state") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
--- Why a session has no state: its marker's reason, or 'missing'. A state Redis expired by itself is still in the
--- index: take it out and count it as a ttl eviction (only the first script to do so counts it).
-local function gone(id)
-  if redis.call('ZREM', EXP, id) == 1 then
-    redis.call('ZREM', LRU, id)
-    disown(id)
-    reaped = reaped + 1
-  end
-  local reason = redis.call('GET', gkey(id))
-  if reason then return reason end
-  return 'missing'
-end
 
--- The session's header (`whole`: its whole value), or nil and why not; a session idle past its TTL by the
--- caller's clock is removed here. Reading the header alone spares copying the state into Lua.
-local function live(id, whole)
-  local v
-  if whole then v = redis.call('GET', skey(id)) else v = redis.call('GETRANGE', skey(id), 0, HLEN - 1) end
-  if not v or v == '' then return nil, gone(id) end
-  local _, _, _, _, _, _, _, expires = struct.unpack(FMT, v)
-  if expires <= NOW then
-    remove(id, 'ttl')
-    reaped = reaped + 1
-    return nil, 'ttl'
-  end
-  return v, nil
-end
-
--- `value` is a whole value whose first HLEN bytes are then overwritten by `header`: SET + SETRANGE in place,
--- cheaper than building header .. state in Lua (a copy of the state, measured at ~10 us per 8 KiB row).
-local function write(id, header, value, ttl)
-  redis.call('SET', skey(id), value, 'PX', ms(ttl))
-  if header then redis.call('SETRANGE', skey(id), 0, header) end
-  redis.call('SET', gkey(id), 'ttl', 'PX', ms(ttl + GRACE))
-  redis.call('ZADD', EXP, NOW + ttl, id)
-  redis.call('ZADD', LRU, NOW, id)
-end
-
--- Room for one more session: sweep the expired, then evict least-recently-used sessions idle at least `idle`
--- seconds (never `protect`). Returns nil when there is room, else when a slot frees (Unix seconds, maybe inf).
-local function make_room(max, idle, protect)
-  local n = redis.call('ZCARD', EXP)
-  if n < max then return nil end
-  local due = redis.call('ZRANGEBYSCORE', EXP, '-inf', NOW, 'LIMIT', 0, 1000)
-  for _, id in ipairs(due) do
-    if id ~= protect then
-      remove(id, 'ttl')
-      reaped = reaped + 1
-      n = n - 1
-    end
-  end
-  for _ = 1, 100 do
-    if n < max then return nil end
-    local lru = redis.call('ZRANGE', LRU, 0, 1, 'WITHSCORES')
-    local id, used = lru[1], tonumber(lru[2])
-    if id == protect then id, used = lru[3], tonumber(lru[4]) end
-    if id == nil or NOW - used < idle then
-      local frees = math.huge
-      if used then frees = used + idle end
-      local first = redis.call('ZRANGE', EXP, 0, 0, 'WITHSCORES')
-      if first[2] then frees = math.min(frees, tonumber(first[2])) end
-      return frees
-    end
-    remove(id, 'capacity')
-    evicted = evicted + 1
-    n = n - 1
-  end
-  return math.huge
-end
-"""
-
-# ARGV[4] rows; per row: id, expected version, new position, the new value (a placeholder header, then h and c).
-# Per row {status, payload}: 'ok' and the new header, 'conflict' and the current header, or 'gone' and why.
-_SAVE = (
-    _PRELUDE
-    + """
-local out = {0, 0}
-local n = tonumber(ARGV[4])
-for i = 0, n - 1 do
-  local b = 5 + i * 4
-  local id = ARGV[b]
-  local v, why = live(id)
-  if not v then
-    out[#out + 1] = 'gone'
-    out[#out + 1] = why
-  else
-    local magic, layers, hidden, version, _, created, _, _, ttl = struct.unpack(FMT, v)
-    if version ~= tonumber(ARGV[b + 1]) then
-      out[#out + 1] = 'conflict'
-      out[#out + 1] = v
-    else
-      local header = struct.pack(FMT, magic, layers, hidden, version + 1, tonumber(ARGV[b + 2]), created, NOW,
-                                 NOW + ttl, ttl)
-      write(id, header, ARGV[b + 3], ttl)
-      out[#out + 1] = 'ok'
-      out[#out + 1] = header
-    end
-  end
-end
-out[1] = reaped
-out[2] = evicted
-return out
-"""
-)
-
-# ARGV[4] max sessions, [5] evict idle after, [6] id, [7] the whole value (its header included), [8] ttl.
-_CREATE = (
-    _PRELUDE
-    + """
-local frees = make_room(tonumber(ARGV[4]), tonumber(ARGV[5]), '')
-if frees then return {reaped, evicted, 'full', tostring(frees - NOW)} end
-local id = ARGV[6]
-if redis.call('EXISTS', skey(id)) == 1 or redis.call('EXISTS', gkey(id)) == 1 then
-  return {reaped, evicted, 'taken', ''}
-end
-write(id, nil, ARGV[7], tonumber(ARGV[8]))
-own(id)
-return {reaped, evicted, 'ok', ''}
-"""
-)
-
-# ARGV[4] max sessions, [5] evict idle after, [6] source id, [7] new id, [8] ttl or '' (the source's).
-_FORK = (
-    _PRELUDE
-    + """
-local src = ARGV[6]
-local v, why = live(src, true)
-if not v then return {reaped, evicted, 'gone', why} end
-local frees = make_room(tonumber(ARGV[4]), tonumber(ARGV[5]), src)
-if frees then return {reaped, evicted, 'full', tostring(frees - NOW)} end
-local id = ARGV[7]
-if redis.call('EXISTS', skey(id)) == 1 or redis.call('EXISTS', gkey(id)) == 1 then
-  return {reaped, evicted, 'taken', ''}
-end
-local magic, layers, hidden, _, position, _, _, _, ttl = struct.unpack(FMT, v)
-if ARGV[8] ~= '' then ttl = tonumber(ARGV[8]) end
-local header = struct.pack(FMT, magic, layers, hidden, 1, position, NOW, NOW, NOW + ttl, ttl)
-write(id, header, v, ttl)
-own(id)
-return {reaped, evicted, 'ok', header}
-"""
-)
-
-# ARGV[4] id, [5] the new value: a placeholder header and zeros.
-_RESET = (
-    _PRELUDE
-    + """
-local id = ARGV[4]
-local v, why = live(id)
-if not v then return {reaped, evicted, 'gone', why} end
-local magic, layers, hidden, version, _, created, _, _, ttl = struct.unpack(FMT, v)
-local header = struct.pack(FMT, magic, layers, hidden, version + 1, 0, created, NOW, NOW + ttl, ttl)
-write(id, header, ARGV[5], ttl)
-return {reaped, evicted, 'ok', header}
-"""
-)
-
-# ARGV[4] id.
-_DELETE = (
-    _PRELUDE
-    + """
-local id = ARGV[4]
-local v, why = live(id)
-if not v then return {reaped, evicted, 'gone', why} end
-remove(id, 'deleted')
-return {reaped, evicted, 'ok', ''}
-"""
-)
-
-# ARGV[4..] ids a read found missing or expired: reap them from the index and count them.
-_REAP = (
-    _PRELUDE
-    + """
-for i = 4, #ARGV do live(ARGV[i]) end
-return {reaped, evicted}
-"""
-)
-
-# ARGV[4] most ids to remove in this call. Returns {removed, 0, ids looked at}.
-_SWEEP = (
-    _PRELUDE
-    + """
-local due = redis.call('ZRANGEBYSCORE', EXP, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[4]))
-for _, id in ipairs(due) do
-  remove(id, 'ttl')
-  reaped = reaped + 1
-end
-return {reaped, evicted, #due}
-"""
-)
+def lua_script(name: str) -> str:
+    """The script `name` as sent to Redis: the prelude, then its own body."""
+    return lua_source("prelude") + lua_source(name)
 
 
 def _num(x: float) -> str:
@@ -353,13 +135,13 @@ class RedisStateStore(StateStore):
         self._state_bytes = 2 * layers * hidden * _WIRE.itemsize
         self._available = True
         self._health: asyncio.Task[None] | None = None
-        self._save = client.register_script(_SAVE)
-        self._create = client.register_script(_CREATE)
-        self._fork = client.register_script(_FORK)
-        self._reset = client.register_script(_RESET)
-        self._delete = client.register_script(_DELETE)
-        self._reap = client.register_script(_REAP)
-        self._sweep = client.register_script(_SWEEP)
+        self._save = client.register_script(lua_script("save_many"))
+        self._create = client.register_script(lua_script("create"))
+        self._fork = client.register_script(lua_script("fork"))
+        self._reset = client.register_script(lua_script("reset"))
+        self._delete = client.register_script(lua_script("delete"))
+        self._reap = client.register_script(lua_script("reap"))
+        self._sweep = client.register_script(lua_script("sweep"))
 
     @classmethod
     def from_url(

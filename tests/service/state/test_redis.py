@@ -1,31 +1,39 @@
-"""The Redis state store against a real redis-server: the memory store's behaviour (both backends run the same
-checks), the key layout and native TTL, one round trip per batch, compare-and-set between replicas, and Redis
-going away and coming back (503 state_store_unavailable, readiness, recovery)."""
+"""What only the Redis state store does, against a real redis-server: the key layout and native TTL, one round trip
+per batch, compare-and-set between replicas, and Redis going away and coming back (503 state_store_unavailable,
+readiness, recovery); and the app on Redis answering as on memory. The behaviour both backends share is checked on
+both in test_store_contract.py."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import struct
+import subprocess
+import sys
 import time
+import tomllib
+import zipfile
 from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import redis.asyncio as aioredis
 
 from service.errors import (
     SessionExpired,
     SessionNotFound,
-    StateMismatch,
     StateStoreUnavailable,
-    TooManySessions,
     VersionConflict,
 )
-from service.state.memory import MemoryStateStore
-from service.state.redis import HEADER, RedisStateStore
-from service.state.store import SessionRecord, StateStore
+from service.state.redis import HEADER, LUA_HEADER, SCRIPTS, RedisStateStore
+from service.state.store import SessionRecord
 from tests.redis_server import RedisServer
 from tests.service.conftest import AppFactory
 
+ROOT = Path(__file__).resolve().parents[3]
 L, H = 2, 4
 FINGERPRINT = "sha256:" + "ab" * 32
 
@@ -36,13 +44,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def state(value: float) -> np.ndarray:
-    return np.full((L, H), value, dtype=np.float32)
-
-
-StoreFactory = Callable[..., StateStore]
 
 
 @pytest.fixture
@@ -61,219 +62,49 @@ async def redis_stores(redis_server: RedisServer) -> AsyncIterator[Callable[...,
         await store.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
-def make_store(request: pytest.FixtureRequest) -> StoreFactory:
-    """The same behavioural checks run against both backends."""
-    if request.param == "memory":
-
-        def make_memory(max_sessions: int = 8, clock: Callable[[], float] | None = None, **kw: Any) -> StateStore:
-            return MemoryStateStore(L, H, max_sessions, clock=clock or Clock(), **kw)
-
-        return make_memory
-    factory: StoreFactory = request.getfixturevalue("redis_stores")
-    return factory
+# ---- the Lua scripts as packaged ----------------------------------------------------------------------------
 
 
-# ---- the memory store's behaviour, on both backends -----------------------------------------------------------
+async def test_every_script_the_store_loads_is_a_packaged_lua_file() -> None:
+    """Each script is prelude.lua then its own file under service/state/lua/, found with importlib.resources; no
+    .lua file there is left unused; the prelude reads the header as Python writes it."""
+    lua = resources.files("service.state") / "lua"
+    files = sorted(f.name for f in lua.iterdir() if f.name.endswith(".lua"))
+    assert files == sorted(["prelude.lua", *(f"{name}.lua" for name in SCRIPTS)])
+    store = RedisStateStore(aioredis.Redis(), L, H, 8, model_fingerprint=FINGERPRINT)  # connects to nothing
+    try:
+        loaded = [store._save, store._create, store._fork, store._reset, store._delete, store._reap, store._sweep]
+        expected = [(lua / "prelude.lua").read_text() + (lua / f"{name}.lua").read_text() for name in SCRIPTS]
+        assert [script.script for script in loaded] == expected
+    finally:
+        await store.close()
+    prelude = (lua / "prelude.lua").read_text()
+    assert f"local FMT = '{LUA_HEADER}'\n" in prelude and f"local HLEN = {HEADER.size}\n" in prelude
+    as_python = LUA_HEADER.replace("c4", "4s").replace("I4", "I")  # Lua struct's c4/I4: 4 chars, a 4-byte uint
+    assert as_python == "<4sIIdddddd" and struct.calcsize(as_python) == HEADER.size
+    assert struct.unpack(as_python, HEADER.pack(b"LSS1", 1, 2, *range(6))) == (b"LSS1", 1, 2, *map(float, range(6)))
 
 
-async def test_create_load_save_roundtrip(make_store: StoreFactory) -> None:
-    store = make_store()
-    a = await store.create(ttl_s=60)
-    b = await store.create(ttl_s=60, h=state(1), c=state(2), position=5)
-    assert (a.position, b.position) == (0, 5)
-    assert len(a.session_id) >= 22 and a.session_id != b.session_id
-    loaded = await store.load_many([b.session_id, a.session_id])
-    assert loaded.h.shape == (L, 2, H) and loaded.h.dtype == np.float32
-    np.testing.assert_array_equal(loaded.h[:, 0], state(1))
-    np.testing.assert_array_equal(loaded.c[:, 0], state(2))
-    np.testing.assert_array_equal(loaded.h[:, 1], state(0))
-    recs = loaded.records
-    assert all(isinstance(r, SessionRecord) for r in recs)
-    new_h = np.stack([state(3), state(4)], axis=1)  # (L, 2, H)
-    out = await store.save_many([b.session_id, a.session_id], new_h, new_h * 2, [9, 1], [r.version for r in recs])  # type: ignore[union-attr]
-    assert [r.position for r in out] == [9, 1]  # type: ignore[union-attr]
-    _, h, c = await store.get_state(a.session_id)
-    np.testing.assert_array_equal(h, state(4))
-    np.testing.assert_array_equal(c, state(8))
-    assert h.dtype == np.float32 and h.flags.writeable
-
-
-async def test_save_is_compare_and_set_on_the_version_read(make_store: StoreFactory) -> None:
-    store = make_store()
-    rec = await store.create(ttl_s=60)
-    read = (await store.load_many([rec.session_id])).records[0]
-    assert isinstance(read, SessionRecord)
-    await store.reset(rec.session_id)  # another writer gets there first
-    one = np.ones((L, 1, H), np.float32)
-    out = await store.save_many([rec.session_id], one, one, [3], [read.version])
-    assert isinstance(out[0], VersionConflict) and out[0].actual_position == 0
-    _, h, _ = await store.get_state(rec.session_id)
-    assert not h.any() and (await store.get_record(rec.session_id)).position == 0
-    current = (await store.get_record(rec.session_id)).version
-    first = await store.save_many([rec.session_id], one, one, [3], [current])
-    again = await store.save_many([rec.session_id], one, one, [6], [current])
-    assert isinstance(first[0], SessionRecord) and isinstance(again[0], VersionConflict)
-    assert (await store.get_record(rec.session_id)).position == 3
-
-
-async def test_a_batch_applies_each_row_on_its_own(make_store: StoreFactory) -> None:
-    store = make_store()
-    a, b = await store.create(ttl_s=60), await store.create(ttl_s=60)
-    two = np.stack([state(5), state(6)], axis=1)
-    out = await store.save_many([a.session_id, b.session_id], two, two, [1, 1], [a.version, b.version + 99])
-    assert isinstance(out[0], SessionRecord) and isinstance(out[1], VersionConflict)
-    _, ha, _ = await store.get_state(a.session_id)
-    _, hb, _ = await store.get_state(b.session_id)
-    np.testing.assert_array_equal(ha, state(5))
-    assert not hb.any() and (await store.get_record(b.session_id)).position == 0
-
-
-async def test_missing_rows_are_flagged_and_zero(make_store: StoreFactory) -> None:
-    store = make_store()
-    rec = await store.create(ttl_s=60, h=state(1), c=state(1))
-    loaded = await store.load_many(["nope", rec.session_id])
-    assert isinstance(loaded.records[0], SessionNotFound)
-    assert not loaded.h[:, 0].any() and loaded.h[:, 1].all()
-    out = await store.save_many(["nope"], np.ones((L, 1, H), np.float32), np.ones((L, 1, H), np.float32), [1], [1])
-    assert isinstance(out[0], SessionNotFound)
-
-
-async def test_ttl_expiry_is_lazy_and_swept_and_told_apart_from_unknown(make_store: StoreFactory) -> None:
-    clock = Clock()
-    store = make_store(clock=clock)
-    seen: list[tuple[str, int]] = []
-    store.add_eviction_listener(lambda reason, n: seen.append((reason, n)))
-    a = await store.create(ttl_s=10)
-    b = await store.create(ttl_s=10)
-    c = await store.create(ttl_s=100)
-    clock.now += 5
-    await store.reset(a.session_id)  # use restarts the TTL
-    clock.now += 6
-    assert (await store.get_record(a.session_id)).position == 0
-    with pytest.raises(SessionExpired) as info:
-        await store.get_record(b.session_id)  # lazily expired on access
-    assert info.value.reason == "ttl"
-    clock.now += 10
-    assert await store.sweep_expired() == 1  # a
-    assert await store.count() == 1
-    with pytest.raises(SessionExpired):
-        await store.get_record(a.session_id)
-    loaded = await store.load_many([a.session_id, c.session_id, "never-existed"])
-    assert isinstance(loaded.records[0], SessionExpired)
-    assert isinstance(loaded.records[1], SessionRecord)
-    assert isinstance(loaded.records[2], SessionNotFound)
-    assert store.evictions["ttl"] == 2 and seen == [("ttl", 1), ("ttl", 1)]
-
-
-async def test_sessions_are_counted_per_owner_through_every_removal(make_store: StoreFactory) -> None:
-    """count_owned follows creation, fork (the copy has the source's owner), delete, lazy expiry, sweep and
-    capacity eviction; sessions made without an owner are nobody's."""
-    clock = Clock()
-    store = make_store(max_sessions=5, clock=clock, evict_idle_after_s=0)
-    made = []
-    for owner, ttl in (("ka", 10), ("ka", 100), ("kb", 100), ("", 100)):
-        made.append(await store.create(ttl_s=ttl, owner=owner))
-        clock.now += 1  # distinct last uses: the eviction order below does not hang on ties
-    a1, _, b1, anon = made
-    assert a1.session_id.startswith("ka.") and "." not in anon.session_id
-    fork = await store.fork(b1.session_id)
-    assert fork.session_id.startswith("kb.")
-    assert [await store.count_owned(o) for o in ("ka", "kb", "kc")] == [2, 2, 0]
-    await store.delete(fork.session_id)
-    clock.now += 7
-    with pytest.raises(SessionExpired):
-        await store.get_record(a1.session_id)  # expired on access
-    assert [await store.count_owned(o) for o in ("ka", "kb")] == [1, 1]
-    for _ in range(4):  # fill the store: the least recently used (a2, then b1) are evicted for capacity
-        clock.now += 1
-        await store.create(ttl_s=100, owner="kc")
-    assert [await store.count_owned(o) for o in ("ka", "kb", "kc")] == [0, 0, 4]
-    clock.now += 200
-    await store.sweep_expired()
-    assert await store.count_owned("kc") == 0
-
-
-async def test_full_store_evicts_the_lru_idle_session(make_store: StoreFactory) -> None:
-    clock = Clock()
-    store = make_store(max_sessions=3, clock=clock, evict_idle_after_s=30)
-    ids = []
-    for _ in range(3):
-        ids.append((await store.create(ttl_s=1000)).session_id)
-        clock.now += 1
-    clock.now += 40
-    await store.reset(ids[0])  # ids[1] is now the least recently used
-    new = await store.create(ttl_s=1000)
-    with pytest.raises(SessionExpired) as info:
-        await store.get_record(ids[1])
-    assert info.value.reason == "capacity"
-    assert store.evictions["capacity"] == 1
-    assert await store.count() == 3
-    assert (await store.get_record(new.session_id)).position == 0
-
-
-async def test_full_store_refuses_when_every_session_is_in_use(make_store: StoreFactory) -> None:
-    clock = Clock()
-    store = make_store(max_sessions=2, clock=clock, evict_idle_after_s=30)
-    await store.create(ttl_s=1000)
-    clock.now += 10
-    await store.create(ttl_s=1000)
-    with pytest.raises(TooManySessions) as info:
-        await store.create(ttl_s=1000)
-    assert info.value.retry_after == 20  # the older session becomes evictable in 20 s
-    assert await store.count() == 2 and store.evictions["capacity"] == 0
-
-
-async def test_full_store_sweeps_expired_before_evicting(make_store: StoreFactory) -> None:
-    clock = Clock()
-    store = make_store(max_sessions=2, clock=clock, evict_idle_after_s=1e9)
-    old = await store.create(ttl_s=5)
-    await store.create(ttl_s=1000)
-    clock.now += 6
-    await store.create(ttl_s=1000)
-    assert store.evictions == {"ttl": 1, "capacity": 0, "deleted": 0}
-    with pytest.raises(SessionExpired):
-        await store.get_record(old.session_id)
-
-
-async def test_delete_reset_fork(make_store: StoreFactory) -> None:
-    clock = Clock()
-    store = make_store(max_sessions=2, clock=clock, evict_idle_after_s=0)
-    src = await store.create(ttl_s=50, h=state(1), c=state(2), position=4)
-    fork = await store.fork(src.session_id)
-    assert fork.session_id != src.session_id and fork.position == 4 and fork.ttl_s == 50
-    _, h, c = await store.get_state(fork.session_id)
-    np.testing.assert_array_equal(h, state(1))
-    np.testing.assert_array_equal(c, state(2))
-    await store.reset(fork.session_id)
-    _, h, _ = await store.get_state(src.session_id)
-    np.testing.assert_array_equal(h, state(1))
-    assert (await store.get_record(src.session_id)).position == 4
-    # Forking from a full store may evict, but never the source itself.
-    await store.delete(fork.session_id)
-    await store.create(ttl_s=50)
-    clock.now += 1
-    again = await store.fork(src.session_id, ttl_s=5)
-    assert again.ttl_s == 5
-    assert (await store.get_record(src.session_id)).position == 4
-    await store.delete(src.session_id)
-    with pytest.raises(SessionNotFound):  # deleted by the client: not found, not "expired"
-        await store.get_record(src.session_id)
-    with pytest.raises(SessionNotFound):
-        await store.delete(src.session_id)
-    with pytest.raises(SessionNotFound):
-        await store.fork(src.session_id)
-    assert store.evictions["deleted"] == 2
-
-
-async def test_state_shape_is_checked(make_store: StoreFactory) -> None:
-    store = make_store()
-    with pytest.raises(StateMismatch):
-        await store.create(ttl_s=1, h=np.zeros((L + 1, H), np.float32), c=np.zeros((L + 1, H), np.float32))
-    assert await store.count() == 0
-
-
-# ---- Redis only ---------------------------------------------------------------------------------------------
+def test_the_wheel_ships_the_lua_scripts(tmp_path: Path) -> None:
+    """A wheel built from this pyproject (by its own build backend, no network) holds every .lua file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for licence in ROOT.glob("LICENSE*"):
+        shutil.copy(licence, src / licence.name)
+    shutil.copytree(ROOT / "service", src / "service", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "model", src / "model", ignore=shutil.ignore_patterns("__pycache__", "artifacts"))
+    backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["build-backend"]
+    build = f"import sys, {backend} as b; print(b.build_wheel(sys.argv[1]))"
+    out = subprocess.run(
+        [sys.executable, "-c", build, str(tmp_path)], cwd=src, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    with zipfile.ZipFile(tmp_path / out.stdout.split()[-1]) as wheel:
+        shipped = {n for n in wheel.namelist() if n.startswith("service/state/lua/")}
+    assert shipped == {f"service/state/lua/{f.name}" for f in (ROOT / "service/state/lua").glob("*.lua")}
+    assert len(shipped) == len(SCRIPTS) + 1
 
 
 async def test_one_binary_key_per_session_with_native_ttl(

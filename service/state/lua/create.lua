@@ -1,0 +1,11 @@
+-- create: a new session, after making room for it (sweep, then evict the least recently used idle session).
+-- ARGV[4] max sessions, [5] evict idle after, [6] id, [7] the whole value (its header included), [8] ttl.
+local frees = make_room(tonumber(ARGV[4]), tonumber(ARGV[5]), '')
+if frees then return {reaped, evicted, 'full', tostring(frees - NOW)} end
+local id = ARGV[6]
+if redis.call('EXISTS', skey(id)) == 1 or redis.call('EXISTS', gkey(id)) == 1 then
+  return {reaped, evicted, 'taken', ''}
+end
+write(id, nil, ARGV[7], tonumber(ARGV[8]))
+own(id)
+return {reaped, evicted, 'ok', ''}
