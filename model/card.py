@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from model.config import ModelConfig
 from model.corpus import CORPUS_NAME, VALIDATION_PLAYS
 from model.evaluate import Evaluation
 from model.onnx_meta import ModelMetadata
@@ -44,14 +46,17 @@ def write_card(
         params += 4 * cfg.hidden_size * (fan_in + cfg.hidden_size + 1)
         params += 3 * cfg.hidden_size if cfg.peephole else 0
     state_bytes = 2 * cfg.num_layers * cfg.hidden_size * 4
-    sample = sample_text(model_path, "ROMEO:\n")
+    corpus = train_meta.get("corpus") or {}
+    own = _own_text(corpus, evaluation, train_meta, cfg) if corpus.get("source") == "text" else None
+    sample = sample_text(model_path, own["prompt"] if own else "ROMEO:\n")
+    subject = own["subject"] if own else "Shakespeare's plays"
     history = "\n".join(
         f"| {r['step']} | {r['train_loss']:.3f} | {r['val_loss']:.3f} | {r['minutes']:.1f} |"
         for r in train_meta.get("history", [])
     )
     text = f"""# Model card: {meta.name} v{meta.version}
 
-A character-level LSTM language model of Shakespeare's plays: the cell of the LSTM notes (forget, input and
+A character-level LSTM language model of {subject}: the cell of the LSTM notes (forget, input and
 output gates, tanh candidate, C_t = f*C_(t-1) + i*c~, h_t = o*tanh(C_t)){" with peepholes" if cfg.peephole else ""},
 stacked {cfg.num_layers} layers deep, exported to ONNX with one standard `LSTM` operator per layer.
 
@@ -102,4 +107,86 @@ Reproduce: `lstm-serve train --steps {tc.get("steps")} --hidden-size {cfg.hidden
 - Trained on Early Modern English plays only; it knows nothing else and should not be used to generate text
   presented as Shakespeare's own.
 """
+    if own:
+        text = _retarget(text, own)
     path.write_text(text)
+
+
+def _own_text(
+    corpus: dict[str, Any], evaluation: Evaluation, train_meta: dict[str, Any], cfg: ModelConfig
+) -> dict[str, str]:
+    """The card's sections for a model trained with `lstm-serve train --text`: the files, the split, the
+    vocabulary, the command that reproduces it, and a sample prompt from the held-out text."""
+    files = corpus.get("files", [])
+    split = corpus.get("split", {})
+    vocab = corpus.get("vocabulary", {})
+    tc = train_meta.get("train_config", {})
+    rows = "\n".join(
+        f"| `{f['path']}` | {f['characters']:,} | {f['bytes']:,} | {'validation' if f['validation'] else 'training'} |"
+        for f in files
+    )
+    val_files = split.get("validation_files") or []
+    held = f"{split.get('method')} held out for validation"
+    if val_files:
+        held += f" ({', '.join(f'`{v}`' for v in val_files)})"
+    chars = vocab.get("characters", "")
+    shown = json.dumps(chars, ensure_ascii=False)
+    data = f"""## Data
+{corpus.get("name")}.
+
+| file | characters | bytes | used for |
+|---|---|---|---|
+{rows}
+
+Split: {held}; {split.get("train_characters", 0):,} characters for training, {split.get("validation_characters", 0):,}
+for validation ({evaluation.characters:,} scored). Files are read as UTF-8 and joined with a newline.
+
+Vocabulary: {vocab.get("size")} characters, built from the whole text (training and validation), in token-id order
+(as JSON): `{shown}`.
+
+"""
+    text_args = " ".join(f["path"] for f in files)
+    val_args = f" --val-files {' '.join(val_files)}" if split.get("method") == "files named by --val-files" else ""
+    fraction = split.get("val_fraction")
+    reproduce = (
+        f"Reproduce: `lstm-serve train --text {text_args}{val_args} --val-fraction {fraction} "
+        f"--steps {tc.get('steps')} --batch-size {tc.get('batch_size')} --seq-len {tc.get('seq_len')} "
+        f"--lr {tc.get('lr')} --seed {tc.get('seed')} --hidden-size {cfg.hidden_size} --layers {cfg.num_layers} "
+        f"--embed-size {cfg.embed_size}{' --peephole' if cfg.peephole else ''} "
+        "--out CKPT` then `lstm-serve export --checkpoint CKPT --repository REPO --name NAME`.\n"
+    )
+    prompt = corpus.get("sample_prompt") or chars[:1]
+    limitations = """## Limitations
+- Character level and small: it learns spelling, layout and local patterns of its text, not meaning; long
+  passages wander.
+- Only the characters of its vocabulary can be fed; anything else is an error, never silently dropped.
+- It knows only the text it was trained on; judge its output against that text's licence and purpose.
+"""
+    return {
+        "subject": "the text files listed under Data (`lstm-serve train --text`)",
+        "data": data,
+        "reproduce": reproduce,
+        "prompt": prompt,
+        "limitations": limitations,
+    }
+
+
+def _retarget(text: str, own: dict[str, str]) -> str:
+    """The plays' card with the sections that speak of the plays replaced by those of the user's text."""
+    text = _replace_section(text, "## Data", own["data"])
+    text = _replace_section(text, "## Limitations", own["limitations"])
+    start = text.find("Reproduce: ")
+    if start >= 0:
+        end = text.find("\n\n", start)
+        text = text[:start] + own["reproduce"] + text[end + 1 if end >= 0 else len(text) :]
+    text = text.replace("on the held-out plays.", "on the held-out text.")
+    text = text.replace("(ONNX Runtime, `lstm-serve evaluate`)", "(ONNX Runtime, measured at export)")
+    return text.replace("## Sample (prompt `ROMEO:`", f"## Sample (prompt {json.dumps(own['prompt'])}")
+
+
+def _replace_section(text: str, heading: str, body: str) -> str:
+    start = text.find("\n" + heading)
+    if start < 0:
+        return text
+    end = text.find("\n## ", start + 1)
+    return text[: start + 1] + body + (text[end + 1 :] if end >= 0 else "")

@@ -117,6 +117,7 @@ def export_model(
     version: str = "1",
     val_loss: float | None = None,
     corpus: str = "",
+    corpus_description: str = "",
 ) -> ModelMetadata:
     """Write `model` as ONNX to `out` with its metadata inside; return that metadata."""
     graph = build_graph(model)
@@ -128,6 +129,7 @@ def export_model(
         fingerprint=fingerprint((t.name, numpy_helper.to_array(t).tobytes()) for t in graph.initializer),
         val_loss=val_loss,
         corpus=corpus,
+        corpus_description=corpus_description,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lstm-serve")
     proto.ir_version = 8

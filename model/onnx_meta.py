@@ -13,6 +13,9 @@ from model.tokenizer import CharTokenizer
 INPUT_NAMES = ("input_ids", "h0", "c0")
 OUTPUT_NAMES = ("logits", "hn", "cn")
 REQUIRED_KEYS = ("name", "version", "vocab", "config", "fingerprint")
+# Optional keys: "corpus" (one line naming the text), "corpus_description" (JSON: files, split, vocabulary),
+# "val_loss" (nats per character on the held-out text, through ONNX Runtime).
+OPTIONAL_KEYS = ("corpus", "corpus_description", "val_loss")
 
 
 class ModelMetadataError(ValueError):
@@ -28,6 +31,7 @@ class ModelMetadata:
     fingerprint: str
     val_loss: float | None
     corpus: str
+    corpus_description: str = ""  # JSON, "" when unknown
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -38,6 +42,8 @@ class ModelMetadata:
             "fingerprint": self.fingerprint,
             "corpus": self.corpus,
         }
+        if self.corpus_description:
+            props["corpus_description"] = self.corpus_description
         if self.val_loss is not None:
             props["val_loss"] = f"{self.val_loss:.6f}"
         return props
@@ -57,14 +63,19 @@ class ModelMetadata:
                 f"vocabulary has {tokenizer.vocab_size} characters but config says {config.vocab_size}"
             )
         val = props.get("val_loss")
+        try:
+            val_loss = float(val) if val else None
+        except ValueError:
+            raise ModelMetadataError(f"ONNX metadata val_loss {val!r} is not a number") from None
         return cls(
             name=props["name"],
             version=props["version"],
             config=config,
             tokenizer=tokenizer,
             fingerprint=props["fingerprint"],
-            val_loss=float(val) if val else None,
+            val_loss=val_loss,
             corpus=props.get("corpus", ""),
+            corpus_description=props.get("corpus_description", ""),
         )
 
 

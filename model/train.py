@@ -1,4 +1,5 @@
-"""Truncated back-propagation through time over the play text, with clipping, AdamW and a cosine schedule."""
+"""Truncated back-propagation through time over the play text (or the user's own), with clipping, AdamW and a
+cosine schedule."""
 
 from __future__ import annotations
 
@@ -84,18 +85,25 @@ def train(
     cfg: TrainConfig,
     out: Path,
     progress: bool = True,
+    vocab_text: str | None = None,
+    corpus: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train a CharLSTM, save its best checkpoint to `out`, and return the run's summary."""
+    """Train a CharLSTM, save its best checkpoint to `out`, and return the run's summary.
+
+    The vocabulary is built from `vocab_text` (default: the training text). `corpus` describes the text (files,
+    split, vocabulary): it is saved in the checkpoint's meta with the validation text itself, so that export
+    can evaluate and describe the model without the original files."""
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = CharTokenizer.from_text(train_text)
+    tokenizer = CharTokenizer.from_text(train_text if vocab_text is None else vocab_text)
     config = ModelConfig(vocab_size=tokenizer.vocab_size, **model_cfg)
     model = CharLSTM(config).to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     data = streams(tokenizer.encode(train_text), cfg.batch_size).to(device)
     val_ids = tokenizer.encode(val_text)
+    val_streams = max(1, min(cfg.batch_size, 32, len(val_ids) // 2))  # a short validation text: fewer streams
     h, c = model.zero_state(cfg.batch_size)
     pos, best, started = 0, float("inf"), time.time()
     history: list[dict[str, float]] = []
@@ -119,21 +127,29 @@ def train(
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr_at(step, cfg):.1e}", gnorm=f"{grad_norm:.2f}")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            val = evaluate_torch(model, val_ids, min(cfg.batch_size, 32), 256)
+            val = evaluate_torch(model, val_ids, val_streams, 256)
             history.append(
                 {"step": step + 1, "train_loss": running, "val_loss": val, "minutes": (time.time() - started) / 60}
             )
             bar.write(f"step {step + 1}: train {running:.4f} val {val:.4f} nats/char")
             if val < best:
                 best = val
-                meta = _meta(cfg, history, started, device)
-                save_checkpoint(out, model, tokenizer, meta)
-    return _meta(cfg, history, started, device)
+                meta = _meta(cfg, history, started, device, corpus)
+                save_checkpoint(out, model, tokenizer, meta, validation_text=val_text)
+    return _meta(cfg, history, started, device, corpus)
 
 
-def _meta(cfg: TrainConfig, history: list[dict[str, float]], started: float, device: torch.device) -> dict[str, Any]:
+def _meta(
+    cfg: TrainConfig,
+    history: list[dict[str, float]],
+    started: float,
+    device: torch.device,
+    corpus: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     best = min(history, key=lambda r: r["val_loss"])
+    extra = {} if corpus is None else {"corpus": corpus}
     return {
+        **extra,
         "train_config": asdict(cfg),
         "history": history,
         "best_step": best["step"],

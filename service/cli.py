@@ -9,15 +9,41 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from model.paths import BUNDLED_CHECKPOINT, BUNDLED_MODEL
 
+if TYPE_CHECKING:
+    from model.onnx_meta import ModelMetadata
+
 
 def _train(args: argparse.Namespace) -> int:
-    from model.corpus import load_corpus
+    from model.corpus import (
+        DEFAULT_VAL_FRACTION,
+        CorpusError,
+        check_trainable,
+        load_corpus,
+        load_text_corpus,
+        plays_description,
+    )
     from model.train import TrainConfig, train
 
-    train_text, val_text = load_corpus(Path(args.cache_dir)) if args.cache_dir else load_corpus()
+    vocab_text = None
+    try:
+        if args.text:
+            fraction = DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction
+            text = load_text_corpus(args.text, args.val_files, fraction)
+            train_text, val_text, corpus = text.train, text.validation, text.description
+            vocab_text = text.vocabulary_text
+            check_trainable(train_text, val_text, args.batch_size, args.seq_len)
+        elif args.val_files or args.val_fraction is not None:
+            raise CorpusError("--val-files and --val-fraction split the text given with --text; give --text too")
+        else:
+            train_text, val_text = load_corpus(Path(args.cache_dir)) if args.cache_dir else load_corpus()
+            corpus = plays_description(train_text, val_text)
+    except CorpusError as exc:
+        print(f"lstm-serve train: {exc}", file=sys.stderr)
+        return 2
     cfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -33,42 +59,118 @@ def _train(args: argparse.Namespace) -> int:
         "num_layers": args.layers,
         "peephole": args.peephole,
     }
-    summary = train(train_text, val_text, model_cfg, cfg, Path(args.out))
+    summary = train(train_text, val_text, model_cfg, cfg, Path(args.out), vocab_text=vocab_text, corpus=corpus)
     print(
         f"best val loss {summary['val_loss_torch']:.4f} nats/char at step {summary['best_step']}, "
-        f"{summary['train_minutes']:.1f} min; checkpoint {args.out}"
+        f"{summary['train_minutes']:.1f} min ({summary['train_minutes'] * 60:.1f} s); checkpoint {args.out}"
     )
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
+    from model.checkpoint import load_checkpoint, load_validation_text
+    from model.corpus import load_corpus
+    from model.repository import CARD_FILE, MODEL_FILE, RepositoryError, check_name, publish_version
+
+    if args.repository is not None:
+        clash = [
+            flag for flag, value in (("--out", args.out), ("--version", args.version), ("--card", args.card)) if value
+        ]
+        problem = f"{', '.join(clash)} cannot be given" if clash else "--name is needed" if args.name is None else ""
+        if problem:
+            print(
+                f"lstm-serve export: with --repository {problem}: the files are REPO/NAME/VERSION/{MODEL_FILE} and "
+                f"{CARD_FILE}, VERSION the next free number",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            check_name(args.name)
+        except RepositoryError as exc:
+            print(f"lstm-serve export: {exc}", file=sys.stderr)
+            return 2
+    model, tokenizer, train_meta = load_checkpoint(Path(args.checkpoint))
+    # The held-out text travels in the checkpoint; checkpoints of the plays saved before it did are scored on them.
+    val_text = load_validation_text(Path(args.checkpoint))
+    if val_text is None:
+        _, val_text = load_corpus()
+    if args.repository is None:
+        out = Path(args.out or BUNDLED_MODEL)
+        card = out.with_name("MODEL_CARD.md") if args.card is None else Path(args.card)
+        meta, loss = _export_files(
+            model, tokenizer, train_meta, val_text, out, card, args.name or "shakespeare-lstm", args.version or "1"
+        )
+        print(
+            f"exported {out} ({out.stat().st_size / 1e6:.1f} MB), {meta.fingerprint}; "
+            f"val loss {loss:.4f} nats/char; card {card}"
+        )
+        return 0
+    version, path, (meta, loss) = publish_version(
+        Path(args.repository),
+        args.name,
+        lambda folder, v: _export_files(
+            model, tokenizer, train_meta, val_text, folder / MODEL_FILE, folder / CARD_FILE, args.name, str(v)
+        ),
+    )
+    print(
+        f"exported {args.name} version {version}: {path} ({path.stat().st_size / 1e6:.1f} MB), {meta.fingerprint}; "
+        f"val loss {loss:.4f} nats/char; card {path.with_name(CARD_FILE)}"
+    )
+    return 0
+
+
+def _export_files(
+    model: Any,
+    tokenizer: Any,
+    train_meta: dict[str, Any],
+    val_text: str,
+    out: Path,
+    card: Path,
+    name: str,
+    version: str,
+) -> tuple[ModelMetadata, float]:
+    """The ONNX file with its metadata (the ONNX Runtime validation loss included) and its model card."""
+    import json
+
     import onnx
     from onnx import helper
 
     from model.card import write_card
-    from model.checkpoint import load_checkpoint
-    from model.corpus import CORPUS_NAME, load_corpus
+    from model.corpus import CORPUS_NAME
     from model.evaluate import evaluate_onnx
     from model.export import export_model
 
-    model, tokenizer, train_meta = load_checkpoint(Path(args.checkpoint))
-    out = Path(args.out)
-    meta = export_model(model, tokenizer, out, name=args.name, version=args.version, corpus=CORPUS_NAME)
-    _, val_text = load_corpus()
-    evaluation = evaluate_onnx(out, val_text)
+    corpus = train_meta.get("corpus")
+    meta = export_model(
+        model,
+        tokenizer,
+        out,
+        name=name,
+        version=version,
+        corpus=corpus["name"] if corpus else CORPUS_NAME,
+        corpus_description=json.dumps(corpus, ensure_ascii=False, sort_keys=True) if corpus else "",
+    )
+    evaluation = evaluate_onnx(out, val_text, batch=max(1, min(32, len(val_text) // 2)))
     # Record the ONNX Runtime validation loss inside the artifact (the fingerprint covers weights only).
     proto = onnx.load(str(out))
     del proto.metadata_props[:]
     meta = type(meta)(**{**meta.__dict__, "val_loss": evaluation.nats_per_char})
     helper.set_model_props(proto, meta.to_props())
     onnx.save(proto, str(out))
-    card = out.with_name("MODEL_CARD.md") if args.card is None else Path(args.card)
     write_card(card, out, meta, evaluation, train_meta)
-    print(
-        f"exported {out} ({out.stat().st_size / 1e6:.1f} MB), {meta.fingerprint}; "
-        f"val loss {evaluation.nats_per_char:.4f} nats/char; card {card}"
-    )
-    return 0
+    return meta, evaluation.nats_per_char
+
+
+def _check_model(args: argparse.Namespace) -> int:
+    from model.contract import check_model, format_report
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"lstm-serve check-model: {path}: no such file", file=sys.stderr)
+        return 2
+    report = check_model(path)
+    print(format_report(report))
+    return 0 if report.ok else 1
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -221,11 +323,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="checkpoint -> ONNX with metadata, evaluated, plus its model card")
     p.add_argument("--checkpoint", default=str(BUNDLED_CHECKPOINT))
-    p.add_argument("--out", default=str(BUNDLED_MODEL))
+    p.add_argument("--out", default=None, help=f"ONNX path (default {BUNDLED_MODEL.name}, the bundled one)")
     p.add_argument("--card", default=None, help="model card path (default: MODEL_CARD.md beside --out)")
-    p.add_argument("--name", default="shakespeare-lstm")
-    p.add_argument("--version", default="1")
+    p.add_argument("--name", default=None, help="model name (default shakespeare-lstm; needed with --repository)")
+    p.add_argument("--version", default=None, help="version written in the metadata (default 1)")
+    p.add_argument(
+        "--repository",
+        default=None,
+        metavar="REPO",
+        help="write the next version into this model repository: REPO/NAME/VERSION/model.onnx and its card, "
+        "published atomically (no --out, --card or --version)",
+    )
     p.set_defaults(func=_export)
+
+    p = sub.add_parser(
+        "check-model", help="check an ONNX file against the serving contract; exit 0 only if it would be served"
+    )
+    p.add_argument("file", help="the ONNX file")
+    p.set_defaults(func=_check_model)
 
     p = sub.add_parser("evaluate", help="validation loss on the held-out plays through ONNX Runtime")
     p.add_argument("--model", default=str(BUNDLED_MODEL))
