@@ -40,12 +40,11 @@ from service.client import Client
 from service.state.memory import MemoryStateStore
 from service.state.snapshot import Snapshot, capture, read_snapshot, write_snapshot
 from tests.e2e.process import ROOT, Launch, ServerProcess
-from tests.e2e.test_replicas import no_unhandled_errors, replay, state_of
+from tests.e2e.support import TEXT, no_unhandled_errors, replay, start_replicas, state_of
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
-TEXT = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate:"
 MAX_STEPS = 20_000  # per client: every loop below is bounded, the faults end them long before
 LONG_TEXT = TEXT * (MAX_STEPS // len(TEXT) + 2)  # what a client that stepped through TEXT again and again sent
 WAIT_S = 60.0  # generous: a loaded 2-core CI machine
@@ -333,10 +332,7 @@ def step_across(replicas: tuple[ServerProcess, ServerProcess], stepper: Stepper,
 def test_redis_stopped_and_restarted_gives_503_then_recovers_with_every_acknowledged_update(
     launch: Launch, redis_server: RedisServer
 ) -> None:
-    env = {"LSTM_SERVE_STATE_BACKEND": "redis", "LSTM_SERVE_REDIS_URL": redis_server.url}
-    a, b = launch("a", **env), launch("b", **env)
-    a.wait_ready()
-    b.wait_ready()
+    a, b = start_replicas(launch, redis_server)
     steppers, stop = new_steppers(a, 4), threading.Event()
     threads = run_threads([partial(step_across, (a, b), s, stop) for s in steppers])
     try:

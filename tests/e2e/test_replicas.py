@@ -5,7 +5,6 @@ gives 503 state_store_unavailable (never 500) and heals by itself."""
 
 from __future__ import annotations
 
-import base64
 import signal
 import threading
 import time
@@ -17,40 +16,15 @@ import numpy as np
 import pytest
 
 from tests.e2e.process import Launch, ServerProcess
+from tests.e2e.support import TEXT, no_unhandled_errors, replay, start_replicas, state_of
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
-TEXT = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate:"
-
 
 @pytest.fixture
 def replicas(launch: Launch, redis_server: RedisServer) -> tuple[ServerProcess, ServerProcess]:
-    env = {"LSTM_SERVE_STATE_BACKEND": "redis", "LSTM_SERVE_REDIS_URL": redis_server.url}
-    a, b = launch("a", **env), launch("b", **env)  # both start loading at once
-    a.wait_ready()
-    b.wait_ready()
-    return a, b
-
-
-def state_of(client: httpx.Client, sid: str) -> tuple[int, np.ndarray]:
-    body = client.get(f"/v1/sessions/{sid}/state").json()
-    raw = base64.b64decode(body["h"]) + base64.b64decode(body["c"])
-    return body["position"], np.frombuffer(raw, dtype="<f4")
-
-
-def replay(client: httpx.Client, text: str) -> tuple[int, np.ndarray]:
-    """A fresh session fed `text` one character per request, as the tests' sessions were."""
-    sid = client.post("/v1/sessions", json={}).json()["session_id"]
-    for ch in text:
-        assert client.post(f"/v1/sessions/{sid}/predict", json={"text": ch}).status_code == 200
-    return state_of(client, sid)
-
-
-def no_unhandled_errors(*servers: ServerProcess) -> None:
-    for server in servers:
-        bad = [e for e in server.logs() if e.get("msg") == "unhandled error" or e.get("status") == 500]
-        assert not bad, f"{server.name}: {bad[:3]}"
+    return start_replicas(launch, redis_server)
 
 
 def test_a_session_moves_between_replicas_with_identical_predictions(
