@@ -1,7 +1,14 @@
-"""The ASGI application: routers, error handlers, middleware, and the lifespan that runs the engine."""
+"""The composition root: settings in, a running service out.
+
+`Serving` builds every part from Settings -- the ONNX Runtime session, the state store (memory or Redis), the
+snapshotter, the engine -- starts them in order and stops them in reverse; `create_app` wraps it in the ASGI app
+(routers, the error map, the one middleware) whose lifespan runs it. Nothing else builds these parts.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,17 +16,23 @@ from fastapi import Depends, FastAPI
 from fastapi.security import HTTPBearer
 
 from service import __version__
-from service.api import errors, generate, health, inspect, model_info, openai, predict, sessions, stream, v2
+from service.api import errors, generate, health, inspect, model_info, openai, predict, sessions, v2, websocket
 from service.api.access import AccessMiddleware, TimeoutMiddleware
 from service.api.middleware import BodyLimitMiddleware, RequestLogMiddleware
 from service.config import Settings
 from service.engine.engine import Engine
 from service.engine.generation import Generator
 from service.engine.inspection import Inspector
+from service.engine.runtime import OnnxRuntime, verify_sha256
 from service.engine.sequences import Sequences
 from service.metrics import Metrics, MetricsServer
 from service.security.keys import KeyRing
 from service.security.ratelimit import RateLimiter
+from service.state.memory import MemoryStateStore
+from service.state.snapshot import Snapshotter
+from service.state.store import StateStore
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """A character-level LSTM language model served with ONNX Runtime.
 
@@ -29,9 +42,108 @@ calls. Every error has the shape `{"error": {"code": "...", "message": "..."}}`.
 """
 
 
-def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
+def load_runtime(settings: Settings) -> OnnxRuntime:
+    """The model file checked (SHA-256 when configured) and loaded into ONNX Runtime; blocking."""
+    if settings.model_sha256 is not None:
+        verify_sha256(settings.model_path, settings.model_sha256)
+    return OnnxRuntime(
+        settings.model_path,
+        settings.provider,
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        graph_optimization=settings.graph_optimization,
+        allow_spinning=settings.allow_spinning,
+    )
+
+
+def make_store(settings: Settings, runtime: OnnxRuntime) -> StateStore:
+    """The configured state store, shaped for the loaded model's state."""
+    if settings.state_backend == "redis":
+        from service.state.redis import RedisStateStore  # the redis client is imported only when used
+
+        return RedisStateStore.from_url(
+            settings.redis_url,
+            runtime.layers,
+            runtime.hidden,
+            settings.max_sessions,
+            model_fingerprint=runtime.metadata.fingerprint,
+            key_prefix=settings.redis_key_prefix,
+            evict_idle_after_s=settings.evict_idle_after_s,
+            remember_gone_s=86_400.0 if settings.remember_expired else 0.0,
+        )
+    return MemoryStateStore(
+        runtime.layers,
+        runtime.hidden,
+        settings.max_sessions,
+        evict_idle_after_s=settings.evict_idle_after_s,
+        remember_gone=settings.remember_expired,
+    )
+
+
+class Serving:
+    """Runtime, store, snapshotter and engine, built from Settings; `start` brings them up, `stop` drains them.
+
+    `engine` exists from construction (routes and the signal handler hold it); it takes work once started.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.engine = Engine(settings.engine_config(), metrics if metrics is not None else Metrics())
+        self._store: StateStore | None = None
+        self._snapshots: Snapshotter | None = None
+        self._runtime: OnnxRuntime | None = None
+        self.clean = True  # False when the stop could not keep everything (the final snapshot failed)
+
+    @property
+    def runtime(self) -> OnnxRuntime:
+        """The loaded ONNX Runtime session (for the benchmark and for fault injection in tests)."""
+        if self._runtime is None:
+            raise RuntimeError("not started")
+        return self._runtime
+
+    @property
+    def store(self) -> StateStore:
+        """The state store the engine was given."""
+        if self._store is None:
+            raise RuntimeError("not started")
+        return self._store
+
+    async def start(self) -> None:
+        s = self.settings
+        runtime = self._runtime = await asyncio.to_thread(load_runtime, s)  # off the event loop: it takes a while
+        store = self._store = make_store(s, runtime)
+        if s.snapshot_path is not None and isinstance(store, MemoryStateStore):
+            self._snapshots = Snapshotter(store, s.snapshot_path, s.snapshot_interval_s, runtime.metadata.fingerprint)
+            await self._snapshots.restore()
+        elif s.snapshot_path is not None:
+            log.warning("snapshot_path is ignored: only the memory backend snapshots (Redis keeps the sessions)")
+        await self.engine.start(runtime, store)
+        if self._snapshots is not None:
+            self._snapshots.start()
+
+    async def stop(self) -> bool:
+        """Drain the engine (every queued step runs), write the final snapshot after the last batch, close the
+        store. False when the final snapshot failed: the sessions changed since the last good one are lost."""
+        await self.engine.drain()
+        if self._snapshots is not None:
+            self.clean = await self._snapshots.stop()
+        if self._store is not None:
+            await self._store.close()
+        return self.clean
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Engine]:
+        await self.start()
+        try:
+            yield self.engine
+        finally:
+            await self.stop()
+
+
+def create_app(settings: Settings) -> FastAPI:
     """The app; its lifespan loads and warms the model, and drains the engine on shutdown."""
-    engine = engine if engine is not None else Engine(settings, Metrics())
+    serving = Serving(settings)
+    engine = serving.engine
     keys = KeyRing.from_settings(settings.api_key_list, settings.api_key_file)
 
     @asynccontextmanager
@@ -39,11 +151,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         metrics_server = None
         if settings.metrics_port is not None:
             metrics_server = MetricsServer(engine.metrics, settings.host, settings.metrics_port)
-        await engine.start()
+        await serving.start()
         try:
             yield
         finally:
-            await engine.drain()
+            await serving.stop()
             if metrics_server is not None:
                 metrics_server.close()
 
@@ -55,6 +167,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         lifespan=lifespan,
         telemetry={"tracing": otel, "metrics": otel, "logs": otel},
     )
+    app.state.serving = serving
     app.state.engine = engine
     app.state.settings = settings
     app.state.generator = Generator(engine)
@@ -65,10 +178,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     guard = (
         [Depends(HTTPBearer(auto_error=False, description="An API key (LSTM_SERVE_API_KEYS)."))] if keys.enabled else []
     )
-    for module in (predict, sessions, generate, stream, inspect, openai, v2, model_info):
+    for module in (predict, sessions, generate, websocket, inspect, openai, v2, model_info):
         app.include_router(module.router, dependencies=guard)
     app.include_router(health.router)
-    errors.install(app)
+    errors.install(app, engine.metrics)
     # Added last = outermost: the request log sees every answer, the 401s, 413s and 504s included; keys are
     # checked before the timeout starts and before a byte of the body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)

@@ -68,4 +68,4 @@ def serve(app: FastAPI, settings: Settings) -> int:
         signal.signal(signal.SIGTERM, previous)
     if not server.started:
         return STARTUP_FAILURE
-    return 0 if app.state.engine.shutdown_clean else UNCLEAN_SHUTDOWN
+    return 0 if app.state.serving.clean else UNCLEAN_SHUTDOWN

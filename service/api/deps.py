@@ -1,29 +1,34 @@
-"""How routes reach the engine: it lives on app.state, put there by create_app."""
+"""Everything a route needs, as typed dependencies: the engine, its generation, inspection and V2 sequence
+services, and the settings. create_app puts them on app.state; nothing else reads app.state.
+
+HTTPConnection rather than Request, so that WebSocket routes depend on them the same way.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from service.config import Settings
 from service.engine.engine import Engine
 from service.engine.generation import Generator
 from service.engine.inspection import Inspector
 from service.engine.sequences import Sequences
 
 
-async def get_engine(request: Request) -> Engine:
-    # async: a plain def dependency would be run in a worker thread, a needless hop (and reordering) per request
-    engine: Engine = request.app.state.engine
+# async: a plain def dependency would be run in a worker thread, a needless hop (and reordering) per request
+async def get_engine(connection: HTTPConnection) -> Engine:
+    engine: Engine = connection.app.state.engine
     return engine
 
 
-EngineDep = Annotated[Engine, Depends(get_engine)]
+async def get_settings(connection: HTTPConnection) -> Settings:
+    settings: Settings = connection.app.state.settings
+    return settings
 
 
-# Generation, inspection and V2 sequences: engine-level services made by create_app, one per app. HTTPConnection
-# rather than Request so that WebSocket routes can depend on them too.
 async def get_generator(connection: HTTPConnection) -> Generator:
     generator: Generator = connection.app.state.generator
     return generator
@@ -39,6 +44,8 @@ async def get_sequences(connection: HTTPConnection) -> Sequences:
     return sequences
 
 
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 GeneratorDep = Annotated[Generator, Depends(get_generator)]
 InspectorDep = Annotated[Inspector, Depends(get_inspector)]
 SequencesDep = Annotated[Sequences, Depends(get_sequences)]

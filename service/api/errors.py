@@ -141,17 +141,6 @@ def count_rejection(metrics: Metrics | None, code: str) -> None:
         metrics.rejections.labels(code).inc()
 
 
-def _metrics_of(request: Request) -> Metrics | None:
-    engine = getattr(request.app.state, "engine", None)
-    return getattr(engine, "metrics", None)
-
-
-async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, EngineError)
-    count_rejection(_metrics_of(request), status_and_code(exc)[1])
-    return engine_error_response(exc)
-
-
 def _where(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "path", "query", "header"):
@@ -176,14 +165,6 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    code = HTTP_CODES.get(exc.status_code, "http_error")
-    message = "no such route" if exc.status_code == 404 else str(exc.detail)
-    count_rejection(_metrics_of(request), code)
-    return error_response(exc.status_code, code, message, headers=dict(exc.headers) if exc.headers else None)
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -227,7 +208,21 @@ def v2_error_response(exc: Exception) -> ErrorJSONResponse:
     return v2_error(500, "internal server error; it has been logged")
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, metrics: Metrics) -> None:
+    """The one exception-to-HTTP map: engine errors, validation errors, HTTP errors, and anything unexpected."""
+
+    async def _engine_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, EngineError)
+        count_rejection(metrics, status_and_code(exc)[1])
+        return engine_error_response(exc)
+
+    async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        message = "no such route" if exc.status_code == 404 else str(exc.detail)
+        count_rejection(metrics, code)
+        return error_response(exc.status_code, code, message, headers=dict(exc.headers) if exc.headers else None)
+
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

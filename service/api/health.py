@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.api.deps import EngineDep
+from service.api.deps import EngineDep, SettingsDep
 from service.api.errors import ErrorJSONResponse, error_response, responses
 from service.api.schemas import Status
 
@@ -38,8 +38,8 @@ async def readyz(engine: EngineDep) -> Status | ErrorJSONResponse:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}},
 )
-async def metrics(engine: EngineDep) -> Response:
+async def metrics(engine: EngineDep, settings: SettingsDep) -> Response:
     """Prometheus metrics (all prefixed lstm_serve_); 404 here when metrics_port serves them on a port of their own."""
-    if engine.settings.metrics_port is not None:
-        return error_response(404, "not_found", f"metrics are served on port {engine.settings.metrics_port}")
+    if settings.metrics_port is not None:
+        return error_response(404, "not_found", f"metrics are served on port {settings.metrics_port}")
     return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)

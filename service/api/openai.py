@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from service.api.access import CallerDep, check_owner
-from service.api.deps import EngineDep, GeneratorDep
+from service.api.deps import EngineDep, GeneratorDep, SettingsDep
 from service.api.errors import responses
 from service.api.schemas_openai import Completion, CompletionChoice, CompletionRequest, ModelCard, ModelList, Usage
 from service.api.sse import SSE_RESPONSES, event_stream
@@ -90,19 +90,24 @@ class CompletionChunks:
 async def models(engine: EngineDep) -> ModelList:
     """The served model, as the OpenAI API lists models."""
     engine.check_serving()
-    created = int(engine.settings.model_path.stat().st_mtime)
-    return ModelList(data=[ModelCard(id=engine.metadata.name, created=created)])
+    created = int(engine.model.path.stat().st_mtime)
+    return ModelList(data=[ModelCard(id=engine.model.metadata.name, created=created)])
 
 
 @router.post(
     "/v1/completions", response_model=Completion, responses={**SSE_RESPONSES, **responses(400, 404, 409, 413, 422)}
 )
 async def completions(
-    body: CompletionRequest, engine: EngineDep, generator: GeneratorDep, request: Request, caller: CallerDep
+    body: CompletionRequest,
+    engine: EngineDep,
+    generator: GeneratorDep,
+    settings: SettingsDep,
+    request: Request,
+    caller: CallerDep,
 ) -> Response | Completion:
     """Complete the prompt, in the shape of OpenAI's completions API (streamed with `"stream": true`). With
     `session_id`, the prompt and the completion are fed to that session, which remembers them."""
-    meta = engine.metadata
+    meta = engine.model.metadata
     if body.model != meta.name:
         raise UnknownModel(body.model, meta.name)
     params = generator.params(
@@ -122,5 +127,5 @@ async def completions(
         model=meta.name, fingerprint=meta.fingerprint, stops=body.stops(), include_usage=include_usage
     )
     if body.stream:
-        return event_stream(generator.stream(plan), chunks, request.app.state.settings.shutdown_grace_s)
+        return event_stream(generator.stream(plan), chunks, settings.shutdown_grace_s)
     return chunks.completion(await generator.run(plan))

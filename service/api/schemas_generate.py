@@ -6,7 +6,7 @@ enforced by the engine; the bounds here are hard sanity bounds.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
@@ -18,10 +18,12 @@ from service.api.schemas import (
     Strict,
     TokenProbability,
 )
-from service.engine.generation import Finished, GenerationParams, Generator
+from service.engine.generation import Finished
 from service.engine.sampling import MAX_SEED
 
 HARD_MAX_TOKENS = 100_000
+MAX_INSPECT_UNITS = 65_536
+GateName = Literal["f", "i", "c_tilde", "o", "c", "h"]
 MAX_STOPS = 16
 MAX_STOP_LENGTH = 256
 
@@ -61,16 +63,6 @@ class SamplingFields(Strict):
         if any(not s or len(s) > MAX_STOP_LENGTH for s in self.stop):
             raise ValueError(f"stop strings must have 1 to {MAX_STOP_LENGTH} characters")
         return self
-
-    def params(self, generator: Generator) -> GenerationParams:
-        return generator.params(
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            seed=self.seed,
-            stop=self.stop,
-        )
 
 
 class PromptFields(SamplingFields):
@@ -184,11 +176,34 @@ class InspectRequest(Strict):
         default=None, min_length=1, max_length=HARD_MAX_INPUT, description=TOKENS_DESCRIPTION
     )
     top_k: int = Field(default=5, ge=1, le=1024, description="How many of the most likely next tokens to return.")
+    # The compact options: a full answer holds layers x 6 x hidden_size floats per character.
+    units: (
+        Annotated[int, Field(ge=1, le=MAX_INSPECT_UNITS)]
+        | list[Annotated[int, Field(ge=0, lt=MAX_INSPECT_UNITS)]]
+        | None
+    ) = Field(
+        default=None,
+        description="Only some units of every vector: a number N gives, per layer, the N most active units (the "
+        "largest standard deviation of tanh(C) over the input, then the largest mean |C|), most active first; a "
+        "list gives those units, in that order. The answer's `units` names them. Omitted: every unit.",
+        examples=[16, [3, 141]],
+    )
+    gates: list[GateName] | None = Field(
+        default=None,
+        min_length=1,
+        description="Only these vectors (the means always cover all six). Omitted: all six.",
+        examples=[["f", "i", "o", "c"]],
+    )
+    precision: int | None = Field(
+        default=None, ge=1, le=8, description="Round every value to this many decimal places. Omitted: float32."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> Self:
         if (self.text is None) == (self.tokens is None):
             raise ValueError("give exactly one of 'text' and 'tokens'")
+        if isinstance(self.units, list) and not 1 <= len(self.units) <= MAX_INSPECT_UNITS:
+            raise ValueError(f"units: give 1 to {MAX_INSPECT_UNITS} unit indices")
         return self
 
 
@@ -204,16 +219,26 @@ class GateMeans(BaseModel):
     h: float = Field(description="Mean of the hidden state.")
 
 
+ABSENT = " Absent when the request's `gates` leaves it out."
+
+
 class LayerGatesBody(BaseModel):
     layer: int = Field(description="0 is the layer that reads the embedding.")
-    f: list[float] = Field(
-        description="Forget gate f = sigmoid(W_f [h_{t-1}, x_t] + b_f): how much of C_{t-1} is kept."
+    f: list[float] | None = Field(
+        default=None,
+        description="Forget gate f = sigmoid(W_f [h_{t-1}, x_t] + b_f): how much of C_{t-1} is kept." + ABSENT,
     )
-    i: list[float] = Field(description="Input gate i: how much of the candidate is written.")
-    c_tilde: list[float] = Field(description="Candidate c~ = tanh(W_c [h_{t-1}, x_t] + b_c).")
-    o: list[float] = Field(description="Output gate o: how much of tanh(C_t) becomes h_t.")
-    c: list[float] = Field(description="Cell state C_t = f * C_{t-1} + i * c~.")
-    h: list[float] = Field(description="Hidden state h_t = o * tanh(C_t).")
+    i: list[float] | None = Field(
+        default=None, description="Input gate i: how much of the candidate is written." + ABSENT
+    )
+    c_tilde: list[float] | None = Field(
+        default=None, description="Candidate c~ = tanh(W_c [h_{t-1}, x_t] + b_c)." + ABSENT
+    )
+    o: list[float] | None = Field(
+        default=None, description="Output gate o: how much of tanh(C_t) becomes h_t." + ABSENT
+    )
+    c: list[float] | None = Field(default=None, description="Cell state C_t = f * C_{t-1} + i * c~." + ABSENT)
+    h: list[float] | None = Field(default=None, description="Hidden state h_t = o * tanh(C_t)." + ABSENT)
     mean: GateMeans = Field(description=GATE_MEANS)
 
 
@@ -228,7 +253,11 @@ class InspectResponse(BaseModel):
     session_id: str | None = Field(default=None, description=SESSION_ID + " Absent when stateless.")
     position: int = Field(description="The position after the input.")
     layers: int = Field(description="Stacked LSTM layers.")
-    hidden_size: int = Field(description="Length of every gate vector.")
+    hidden_size: int = Field(description="Units per layer (every vector's length unless `units` was given).")
+    units: list[list[int]] | None = Field(
+        default=None,
+        description="Only when the request gave `units`: per layer, the units every vector holds, in order.",
+    )
     steps: list[InspectStep] = Field(description="One entry per character fed, in order.")
     next: list[TokenProbability] = Field(description="The most likely next tokens, most likely first.")
     deviation: dict[str, float] = Field(

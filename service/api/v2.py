@@ -101,7 +101,7 @@ def input_rows(request: InferRequest) -> np.ndarray:
 
 
 def served(engine: Engine, name: str, version: str | None) -> ModelMetadata:
-    meta = engine.metadata
+    meta = engine.model.metadata
     if name != meta.name:
         raise UnknownModel(name, meta.name)
     if version is not None and version != meta.version:

@@ -1,4 +1,7 @@
-"""Dynamic batching: work items of different sessions are gathered into shared ONNX Runtime runs.
+"""Dynamic batching, the engine's private core: work items of different sessions share ONNX Runtime runs.
+
+Only the Engine (service/engine/engine.py) creates and drives the Batcher; every feature reaches it through the
+Engine's public methods.
 
 A work item is a generic *step*: feed some token ids to one session (or to a stateless row that brings its own
 state or starts from zeros) and return the logits of the last position or of all positions. Prompts and, later,
@@ -30,45 +33,22 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
 from service.engine.runtime import OnnxRuntime
 from service.engine.sampling import SamplingBatch, sample
+from service.engine.steps import SampleNext, StepResult, TokenKind, check_position
 from service.errors import Draining, EngineError, PositionConflict, VersionConflict
 from service.metrics import Metrics
 from service.state.store import SessionRecord, StateStore
 
 log = logging.getLogger(__name__)
 
-TokenKind = Literal["prompt", "generated"]
-
-
-@dataclass(frozen=True, slots=True)
-class StepResult:
-    logits: np.ndarray  # (T, V) when the step asked for all positions, else (V,) for the last one
-    position: int  # the session's position after the step (stateless: the starting position + T)
-    record: SessionRecord | None  # the session as written (None for stateless rows)
-    h: np.ndarray  # (layers, hidden): the state after the step
-    c: np.ndarray  # (layers, hidden)
-    token: int | None = None  # steps with `sample_next`: the next token, drawn from this step's last logits
-
-
-@dataclass(frozen=True, slots=True)
-class SampleNext:
-    """Generation: after the step, draw the next token from its last logits (service/engine/sampling.py)."""
-
-    temperature: float
-    top_k: int
-    top_p: float
-    seed: int
-    step: int  # the token's index within its generation: with the seed, it fixes the random draw
-
 
 @dataclass(eq=False)
-class Step:
-    """One work item: feed `ids` (T,) int64, T >= 1, to a session or to a stateless row."""
+class WorkItem:
+    """One step on its way through the batcher: feed `ids` (T,) int64, T >= 1, to a session or a stateless row."""
 
     ids: np.ndarray
     session_id: str | None = None  # None: stateless, nothing is read from or written to the store
@@ -121,7 +101,7 @@ def staircase(
     return out, h, c
 
 
-def _sample_next(items: Sequence[Step], logits: Sequence[np.ndarray]) -> dict[int, int]:
+def _sample_next(items: Sequence[WorkItem], logits: Sequence[np.ndarray]) -> dict[int, int]:
     """The next token of every row that asks for one, drawn in one vectorised call: row index -> token id."""
     rows = [(i, draw) for i, item in enumerate(items) if (draw := item.sample_next) is not None]
     if not rows:
@@ -131,13 +111,13 @@ def _sample_next(items: Sequence[Step], logits: Sequence[np.ndarray]) -> dict[in
         [d.top_k for _, d in rows],
         [d.top_p for _, d in rows],
         [d.seed for _, d in rows],
-        [d.step for _, d in rows],
+        [d.index for _, d in rows],
     )
     last = np.stack([logits[i] if logits[i].ndim == 1 else logits[i][-1] for i, _ in rows])  # (n, V)
     return dict(zip((i for i, _ in rows), sample(last, params).tolist(), strict=True))
 
 
-def _fail(item: Step, exc: BaseException) -> None:
+def _fail(item: WorkItem, exc: BaseException) -> None:
     if not item.future.done():  # a caller that was cancelled has nobody to tell
         item.future.set_exception(exc)
 
@@ -157,7 +137,7 @@ class Batcher:
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_batch_delay_s = max_batch_delay_s
-        self._items: deque[Step] = deque()
+        self._items: deque[WorkItem] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -182,17 +162,17 @@ class Batcher:
             self._task = None
         self._executor.shutdown(wait=True)
 
-    async def submit(self, step: Step) -> StepResult:
+    async def submit(self, item: WorkItem) -> StepResult:
         if self._closing:
             raise Draining()
         loop = asyncio.get_running_loop()
-        step.future = loop.create_future()
-        step.enqueued_at = loop.time()
-        self._items.append(step)
+        item.future = loop.create_future()
+        item.enqueued_at = loop.time()
+        self._items.append(item)
         self._wakeup.set()
-        return await step.future
+        return await item.future
 
-    async def _collect(self) -> list[Step] | None:
+    async def _collect(self) -> list[WorkItem] | None:
         """The next batch, or None once closing with nothing left."""
         loop = asyncio.get_running_loop()
         while not self._items:
@@ -208,8 +188,8 @@ class Batcher:
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
-        batch: list[Step] = []
-        deferred: list[Step] = []
+        batch: list[WorkItem] = []
+        deferred: list[WorkItem] = []
         sessions: set[str] = set()
         while self._items and len(batch) < self.max_batch_size:
             item = self._items.popleft()
@@ -238,7 +218,7 @@ class Batcher:
                 for item in batch:
                     _fail(item, exc)
 
-    async def _run_batch(self, batch: list[Step]) -> None:
+    async def _run_batch(self, batch: list[WorkItem]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         for item in batch:
@@ -306,7 +286,7 @@ class Batcher:
 
     async def _undo_abandoned(
         self,
-        live: list[tuple[Step, tuple[np.ndarray, np.ndarray] | None]],
+        live: list[tuple[WorkItem, tuple[np.ndarray, np.ndarray] | None]],
         written: dict[int, SessionRecord | EngineError],
     ) -> None:
         """Put back the states read for steps whose caller gave up while a (remote) store's write was in flight."""
@@ -325,7 +305,7 @@ class Batcher:
                 [new.version for _, new, _ in undo],
             )
 
-    async def _load(self, batch: list[Step]) -> list[tuple[Step, tuple[np.ndarray, np.ndarray] | None]]:
+    async def _load(self, batch: list[WorkItem]) -> list[tuple[WorkItem, tuple[np.ndarray, np.ndarray] | None]]:
         """Read the sessions' states in one call; fail the items that cannot run. -> (item, its h, c or None)."""
         sessions = [item for item in batch if item.session_id is not None]
         states: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -340,12 +320,15 @@ class Batcher:
                 for j, (item, record) in enumerate(zip(sessions, loaded.records, strict=True)):
                     if isinstance(record, EngineError):
                         _fail(item, record)
-                    elif item.expected_position is not None and record.position != item.expected_position:
-                        _fail(item, PositionConflict(record.session_id, item.expected_position, record.position))
                     else:
+                        try:
+                            check_position(record, item.expected_position)
+                        except PositionConflict as exc:
+                            _fail(item, exc)
+                            continue
                         item.read = record
                         states[id(item)] = (loaded.h[:, j], loaded.c[:, j])
-        live: list[tuple[Step, tuple[np.ndarray, np.ndarray] | None]] = []
+        live: list[tuple[WorkItem, tuple[np.ndarray, np.ndarray] | None]] = []
         for item in batch:
             if item.future.done():
                 continue

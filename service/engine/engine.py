@@ -1,9 +1,20 @@
-"""The Engine facade the HTTP routes call: model, batcher, state store and per-session ordering in one place.
+"""The Engine: the only door to the model. Routes, generation, inspection and V2 sequences use its public methods.
+
+The whole surface:
+- lifecycle: `start(runtime, store)`, `drain()`, `begin_shutdown()`, `ready`, `draining`, `store_available`;
+- description: `config`, `model` (typed facts of the loaded model), `session_stats()`, `stats()`;
+- input: `tokenize(text, tokens)` -- the one place "text or tokens" and the length limit are checked;
+- steps: `step(ids, ...)` (stateless, or one step of a session under its lock) and `session(id)`, an async
+  context manager holding the session's lock for several reads and steps (a generation, an inspection);
+- sessions: `create_session`, `get_session`, `session_predict`, `fork_session`, `reset_session`, `delete_session`,
+  `export_state` (import is `create_session(state=...)`); `predict` for the stateless route;
+- `head_logits(h)`: the output layer on a stored state (a generation that continues without a prompt).
 
 Every request to a session holds that session's lock from before it is queued until its answer is back, so a
 session's requests run strictly one after another in arrival order and never share a batch. Input is validated
 before anything is queued, and a step's write is compare-and-set on the version it read, so a request that fails
-changes nothing.
+changes nothing. The batcher, the store, the locks and the runtime are private: the composition root
+(service/app.py) builds the runtime and the store and hands them to `start`.
 """
 
 from __future__ import annotations
@@ -11,26 +22,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
 from model.onnx_meta import ModelMetadata
 from model.tokenizer import InvalidTokenIdError, UnknownCharacterError
-from service.config import Settings
-from service.engine.batcher import Batcher, Step, StepResult
+from service.engine.batcher import Batcher, WorkItem
+from service.engine.config import EngineConfig
+from service.engine.head import Head
 from service.engine.locks import SessionLocks
-from service.engine.runtime import OnnxRuntime, verify_sha256
+from service.engine.runtime import OnnxRuntime
 from service.engine.state_io import PortableState, export_state, import_state
+from service.engine.steps import SampleNext, StatelessRow, StepResult, TokenKind, check_position
 from service.engine.topk import TokenProb, top_k
 from service.errors import Draining, EngineError, InvalidInput, InvalidToken, NotReady, TooManySessions
 from service.metrics import Metrics
 from service.session_ids import owner_of
-from service.state.memory import MemoryStateStore
-from service.state.snapshot import Snapshotter
-from service.state.store import SessionRecord, StateStore
+from service.state.store import EvictionReason, SessionRecord, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +61,102 @@ class SessionPrediction:
     next: list[TokenProb]
 
 
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the engine serves: the artifact's metadata, where it came from, and what runs it."""
+
+    metadata: ModelMetadata
+    path: Path
+    provider: str  # "cpu" or "cuda"
+
+    @property
+    def state_shape(self) -> tuple[int, int]:
+        """Shape of one session's h (and of its C): (layers, hidden)."""
+        return (self.metadata.config.num_layers, self.metadata.config.hidden_size)
+
+    @property
+    def state_bytes(self) -> int:
+        layers, hidden = self.state_shape
+        return 2 * layers * hidden * 4
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStats:
+    active: int
+    evicted: Mapping[EvictionReason, int]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Counters of the engine's core, for tests and the benchmark."""
+
+    batches: int  # batches run so far
+    model_runs: int  # ONNX Runtime calls so far (a batch of rows of several lengths makes several)
+    queued: int  # work items waiting for a batch
+    busy_sessions: int  # sessions (and sequence keys) with a request holding or waiting for their lock
+
+
+class SessionLease:
+    """A session held under its lock (`async with engine.session(id) as lease`): reads and steps in order."""
+
+    def __init__(self, engine: Engine, session_id: str) -> None:
+        self._engine = engine
+        self.session_id = session_id
+
+    async def read(self, expected_position: int | None = None) -> tuple[SessionRecord, np.ndarray, np.ndarray]:
+        """The record and copies of h and c, each (layers, hidden); PositionConflict if not at the position."""
+        record, h, c = await self._engine._require_store().get_state(self.session_id)
+        check_position(record, expected_position)
+        return record, h, c
+
+    async def step(
+        self,
+        ids: np.ndarray,
+        *,
+        expected_position: int | None = None,
+        sample_next: SampleNext | None = None,
+        kind: TokenKind = "prompt",
+        all_logits: bool = False,
+    ) -> StepResult:
+        """Feed ids (T,) to the session in a shared batch; its state advances only if the step succeeds."""
+        item = WorkItem(
+            ids=ids,
+            session_id=self.session_id,
+            expected_position=expected_position,
+            sample_next=sample_next,
+            kind=kind,
+            all_logits=all_logits,
+        )
+        return await self._engine._submit(item)
+
+    async def restore(self, h: np.ndarray, c: np.ndarray, position: int, version: int) -> bool:
+        """Put h, c (layers, hidden) and the position back, only if the session is still at `version` (our own
+        last write); False, and nothing changed, if anything else wrote to it since."""
+        results = await self._engine._require_store().save_many(
+            [self.session_id], h[:, None], c[:, None], [position], [version]
+        )
+        if isinstance(results[0], EngineError):
+            log.warning(
+                "could not restore a session", extra={"session_id": self.session_id, "error": results[0].message}
+            )
+            return False
+        return True
+
+
 class Engine:
-    def __init__(self, settings: Settings, metrics: Metrics, store: StateStore | None = None) -> None:
-        self.settings = settings
+    def __init__(self, config: EngineConfig, metrics: Metrics) -> None:
+        self.config = config
         self.metrics = metrics
-        self._store = store
         self._runtime: OnnxRuntime | None = None
+        self._store: StateStore | None = None
         self._batcher: Batcher | None = None
+        self._head: Head | None = None
+        self._head_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
         self._locks = SessionLocks()
         self._ready = False
         self._draining = False
         self._stopping = False  # SIGTERM received: no new sessions or streams, readiness false
-        self._snapshots: Snapshotter | None = None
-        self.shutdown_clean = True  # False when the drain could not keep everything (the final snapshot failed)
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     @property
@@ -89,78 +183,37 @@ class Engine:
         self.metrics.ready.set(0)
         log.info("shutdown requested: readiness false, refusing new sessions and streams")
 
+    def check_serving(self) -> None:
+        """Raise Draining or NotReady unless the engine takes work."""
+        if self._draining:
+            raise Draining()
+        if not self._ready:
+            raise NotReady()
+
     def check_accepting_new(self) -> None:
         """Raise Draining once shutdown started; for work that would outlive it (new sessions, streams)."""
-        self._check_serving()
+        self.check_serving()
         if self._stopping:
             raise Draining()
 
-    @property
-    def runtime(self) -> OnnxRuntime:
-        if self._runtime is None:
-            raise NotReady()
-        return self._runtime
-
-    @property
-    def store(self) -> StateStore:
-        if self._store is None:
-            raise NotReady()
-        return self._store
-
-    @property
-    def batcher(self) -> Batcher:
-        if self._batcher is None:
-            raise NotReady()
-        return self._batcher
-
-    @property
-    def locks(self) -> SessionLocks:
-        """The per-session locks; generation, inspection and V2 sequences hold them as the requests here do."""
-        return self._locks
-
-    @property
-    def metadata(self) -> ModelMetadata:
-        return self.runtime.metadata
-
-    async def start(self) -> None:
-        """Load the model (off the event loop), make the store, start the batcher and sweeper, warm up."""
-        s = self.settings
-        if s.model_sha256 is not None:
-            await asyncio.to_thread(verify_sha256, s.model_path, s.model_sha256)
-        runtime = await asyncio.to_thread(
-            OnnxRuntime,
-            s.model_path,
-            s.provider,
-            intra_op_threads=s.intra_op_threads,
-            inter_op_threads=s.inter_op_threads,
-            graph_optimization=s.graph_optimization,
-            allow_spinning=s.allow_spinning,
-        )
-        self._runtime = runtime
-        if self._store is None:
-            self._store = self._make_store(runtime)
-            if s.snapshot_path is not None and isinstance(self._store, MemoryStateStore):
-                self._snapshots = Snapshotter(
-                    self._store, s.snapshot_path, s.snapshot_interval_s, runtime.metadata.fingerprint
-                )
-                await self._snapshots.restore()
-                self.metrics.active_sessions.set(await self._store.count())
-            elif s.snapshot_path is not None:
-                log.warning("snapshot_path is ignored: only the memory backend snapshots (Redis keeps the sessions)")
-        self._store.add_eviction_listener(self._on_evicted)
-        await self._store.start()
+    async def start(self, runtime: OnnxRuntime, store: StateStore) -> None:
+        """Take the loaded runtime and the (restored) store, start the batcher and the sweeper, warm up."""
+        self._runtime, self._store = runtime, store
+        store.add_eviction_listener(self._on_evicted)
+        await store.start()
+        with contextlib.suppress(EngineError):  # a remote store may be down at start: the sweeper reconciles later
+            self.metrics.active_sessions.set(await store.count())  # sessions restored from a snapshot count
+        cfg = self.config
         self._batcher = Batcher(
-            runtime, self._store, self.metrics, max_batch_size=s.max_batch_size, max_batch_delay_s=s.max_batch_delay_s
+            runtime, store, self.metrics, max_batch_size=cfg.max_batch_size, max_batch_delay_s=cfg.max_batch_delay_s
         )
         self._batcher.start()
         try:
-            await self._warm_up()
+            await self._warm_up(runtime)
         except BaseException:
             await self._batcher.stop()  # no worker thread left behind by a failed start
             raise
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="lstm-serve-sweeper")
-        if self._snapshots is not None:
-            self._snapshots.start()
         meta = runtime.metadata
         self.metrics.model_info.labels(meta.name, meta.version, meta.fingerprint, runtime.provider).set(1)
         self._ready = True
@@ -172,40 +225,16 @@ class Engine:
                 "version": meta.version,
                 "provider": runtime.provider,
                 "fingerprint": meta.fingerprint,
-                "path": str(s.model_path),
-                "max_batch_size": s.max_batch_size,
-                "max_batch_delay_ms": s.max_batch_delay_ms,
+                "path": str(runtime.path),
+                "max_batch_size": cfg.max_batch_size,
+                "max_batch_delay_ms": cfg.max_batch_delay_s * 1000,
             },
         )
 
-    def _make_store(self, runtime: OnnxRuntime) -> StateStore:
-        s = self.settings
-        if s.state_backend == "redis":
-            from service.state.redis import RedisStateStore
-
-            return RedisStateStore.from_url(
-                s.redis_url,
-                runtime.layers,
-                runtime.hidden,
-                s.max_sessions,
-                model_fingerprint=runtime.metadata.fingerprint,
-                key_prefix=s.redis_key_prefix,
-                evict_idle_after_s=s.evict_idle_after_s,
-                remember_gone_s=86_400.0 if s.remember_expired else 0.0,
-            )
-        return MemoryStateStore(
-            runtime.layers,
-            runtime.hidden,
-            s.max_sessions,
-            evict_idle_after_s=s.evict_idle_after_s,
-            remember_gone=s.remember_expired,
-        )
-
-    async def _warm_up(self) -> None:
+    async def _warm_up(self, runtime: OnnxRuntime) -> None:
         """Run the shapes serving will see (a prompt, a full batch of single tokens) so that ONNX Runtime has
         allocated and optimised before the first client waits on it; check the outputs are sane."""
-        runtime = self.runtime
-        layers, hidden, batch = runtime.layers, runtime.hidden, self.settings.max_batch_size
+        layers, hidden, batch = runtime.layers, runtime.hidden, self.config.max_batch_size
 
         def shapes() -> None:
             for b, t in ((1, 1), (batch, 1), (1, 16)):
@@ -220,20 +249,22 @@ class Engine:
         # And once through the batcher, which starts its worker thread.
         tok = runtime.metadata.tokenizer
         text = "".join(ch for ch in WARMUP_TEXT if ch in tok.chars) or tok.chars[0]
-        await self.batcher.submit(Step(ids=tok.encode(text)))
+        await self._submit(WorkItem(ids=tok.encode(text)))
 
     async def _sweep_loop(self) -> None:
+        store = self._require_store()
         while True:
-            await asyncio.sleep(self.settings.sweep_interval_s)
+            await asyncio.sleep(self.config.sweep_interval_s)
             try:
-                await self.store.sweep_expired()
+                await store.sweep_expired()
                 # Reconcile the gauge with the store's own count (a shared store changes under other servers).
-                self.metrics.active_sessions.set(await self.store.count())
+                self.metrics.active_sessions.set(await store.count())
             except Exception:  # a remote store may fail now and then; the next sweep tries again
                 log.exception("sweeping expired sessions failed")
 
     async def drain(self) -> None:
-        """Stop accepting work, finish everything queued, stop the batcher and the sweeper."""
+        """Stop accepting work, finish everything queued, stop the batcher and the sweeper. The store stays open:
+        its owner (the composition root) snapshots and closes it after this."""
         if self._draining:
             return
         self._draining = True
@@ -245,11 +276,6 @@ class Engine:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        if self._snapshots is not None:
-            # After the last batch: the final snapshot misses no write. If it fails, the exit status says so.
-            self.shutdown_clean = await self._snapshots.stop()
-        if self._store is not None:
-            await self._store.close()
         log.info("drained")
 
     def _on_evicted(self, reason: str, count: int) -> None:
@@ -257,36 +283,56 @@ class Engine:
         self.metrics.sessions_evicted.labels(reason).inc(count)
         self.metrics.active_sessions.dec(count)
 
-    async def check_owner_quota(self, owner: str) -> None:
-        """TooManySessions when an API key already holds max_sessions_per_key sessions (keys only: without keys
-        every caller is one principal, bounded by max_sessions)."""
-        limit = self.settings.max_sessions_per_key
-        if owner and limit and await self.store.count_owned(owner) >= limit:
-            raise TooManySessions(limit, retry_after=1.0, per_key=True)
-
-    def _on_created(self) -> None:
-        self.metrics.sessions_created.inc()
-        self.metrics.active_sessions.inc()
-
-    def _check_serving(self) -> None:
-        if self._draining:
-            raise Draining()
-        if not self._ready:
+    # ---- private access to the core ----------------------------------------------------------------------
+    def _require_store(self) -> StateStore:
+        if self._store is None:
             raise NotReady()
+        return self._store
 
-    def check_serving(self) -> None:
-        """Raise Draining or NotReady unless the engine takes work (for the engine's extensions)."""
-        self._check_serving()
+    def _require_runtime(self) -> OnnxRuntime:
+        if self._runtime is None:
+            raise NotReady()
+        return self._runtime
+
+    async def _submit(self, item: WorkItem) -> StepResult:
+        if self._batcher is None:
+            raise NotReady()
+        return await self._batcher.submit(item)
+
+    # ---- description -------------------------------------------------------------------------------------
+    @property
+    def model(self) -> ModelInfo:
+        runtime = self._require_runtime()
+        return ModelInfo(metadata=runtime.metadata, path=runtime.path, provider=runtime.provider)
+
+    async def session_stats(self) -> SessionStats:
+        store = self._require_store()
+        return SessionStats(active=await store.count(), evicted=store.evictions)
+
+    def stats(self) -> EngineStats:
+        runtime, batcher = self._runtime, self._batcher
+        return EngineStats(
+            batches=0 if batcher is None else batcher.batches,
+            model_runs=0 if runtime is None else runtime.runs,
+            queued=0 if batcher is None else batcher.queued,
+            busy_sessions=len(self._locks),
+        )
 
     # ---- input -------------------------------------------------------------------------------------------
-    def encode(self, text: str | None, tokens: Sequence[int] | None) -> np.ndarray | None:
-        """Text or token ids -> (T,) int64, T >= 1; None when neither is given. Raises InvalidInput/InvalidToken."""
+    def tokenize(self, text: str | None, tokens: Sequence[int] | None, *, required: bool = True) -> np.ndarray | None:
+        """Text or token ids -> (T,) int64, T >= 1; None when neither is given and the input is optional.
+
+        The one place the rule "text or tokens, not both" and the text-length limit are checked, for every route
+        (JSON, WebSocket and V2 alike). Raises InvalidInput / InvalidToken naming what is wrong.
+        """
         if text is not None and tokens is not None:
             raise InvalidInput("give either 'text' or 'tokens', not both")
         if text is None and tokens is None:
+            if required:
+                raise InvalidInput("give 'text' or 'tokens'")
             return None
-        limit = self.settings.max_text_length
-        tokenizer = self.metadata.tokenizer
+        limit = self.config.max_text_length
+        tokenizer = self.model.metadata.tokenizer
         if text is not None:
             if len(text) > limit:
                 raise InvalidInput(f"text has {len(text)} characters; the limit is {limit}", code="text_too_long")
@@ -307,32 +353,88 @@ class Engine:
         return ids
 
     def _required(self, text: str | None, tokens: Sequence[int] | None) -> np.ndarray:
-        ids = self.encode(text, tokens)
-        if ids is None:
-            raise InvalidInput("give 'text' or 'tokens'")
+        ids = self.tokenize(text, tokens)
+        assert ids is not None
         return ids
 
     def _ttl(self, ttl_s: float | None) -> float:
         if ttl_s is None:
-            return self.settings.session_ttl_s
-        if not 0 < ttl_s <= self.settings.max_session_ttl_s:
-            raise InvalidInput(f"ttl_seconds must be in (0, {self.settings.max_session_ttl_s:g}]")
+            return self.config.session_ttl_s
+        if not 0 < ttl_s <= self.config.max_session_ttl_s:
+            raise InvalidInput(f"ttl_seconds must be in (0, {self.config.max_session_ttl_s:g}]")
         return ttl_s
 
-    def _top(self, result: StepResult, k: int) -> list[TokenProb]:
-        return top_k(result.logits, k, self.metadata.tokenizer)
+    def top(self, logits: np.ndarray, k: int) -> list[TokenProb]:
+        """The k most likely next tokens of logits (V,), most likely first."""
+        return top_k(logits, k, self.model.metadata.tokenizer)
+
+    # ---- steps -------------------------------------------------------------------------------------------
+    async def step(
+        self,
+        ids: np.ndarray,
+        *,
+        session_id: str | None = None,
+        expected_position: int | None = None,
+        sample_next: SampleNext | None = None,
+        kind: TokenKind = "prompt",
+        all_logits: bool = False,
+        continue_from: StatelessRow | None = None,
+    ) -> StepResult:
+        """Feed checked ids (T,) (from `tokenize`) in a shared batch: to a session (under its lock, its state
+        advancing only on success), or statelessly from zeros or from `continue_from`."""
+        self.check_serving()
+        if session_id is not None:
+            if continue_from is not None:
+                raise InvalidInput("a session step continues from the session's own state")
+            async with self.session(session_id) as lease:
+                return await lease.step(
+                    ids, expected_position=expected_position, sample_next=sample_next, kind=kind, all_logits=all_logits
+                )
+        if expected_position is not None:
+            raise InvalidInput("expected_position applies to sessions only")
+        item = WorkItem(ids=ids, sample_next=sample_next, kind=kind, all_logits=all_logits)
+        if continue_from is not None:
+            item.state = (continue_from.h, continue_from.c)
+            item.start_position = continue_from.position
+        return await self._submit(item)
+
+    @asynccontextmanager
+    async def session(self, session_id: str) -> AsyncIterator[SessionLease]:
+        """Hold the session's lock: the lease's reads and steps run in order, no other request in between."""
+        async with self._locks.hold(session_id):
+            yield SessionLease(self, session_id)
+
+    async def head_logits(self, h: np.ndarray) -> np.ndarray:
+        """The output layer on the top layer's h: (1, H) -> (1, V), bit for bit what the graph gives after the
+        token that produced h (a generation continuing a session with no prompt draws its first token here)."""
+        if self._head is None:
+            async with self._head_lock:
+                if self._head is None:
+                    runtime = self._require_runtime()
+                    self._head = await asyncio.to_thread(Head.load, runtime.path, runtime)
+        return self._head.logits(h)
 
     # ---- stateless ---------------------------------------------------------------------------------------
     async def predict(
         self, *, text: str | None = None, tokens: Sequence[int] | None = None, top_k: int = 5
     ) -> Prediction:
         """The next-token distribution after the input, from a zero state; nothing is stored."""
-        self._check_serving()
-        ids = self._required(text, tokens)
-        result = await self.batcher.submit(Step(ids=ids))
-        return Prediction(next=self._top(result, top_k), position=result.position)
+        self.check_serving()
+        result = await self.step(self._required(text, tokens))
+        return Prediction(next=self.top(result.logits, top_k), position=result.position)
 
     # ---- sessions ----------------------------------------------------------------------------------------
+    async def _check_owner_quota(self, owner: str) -> None:
+        """TooManySessions when an API key already holds max_sessions_per_key sessions (keys only: without keys
+        every caller is one principal, bounded by max_sessions)."""
+        limit = self.config.max_sessions_per_key
+        if owner and limit and await self._require_store().count_owned(owner) >= limit:
+            raise TooManySessions(limit, retry_after=1.0, per_key=True)
+
+    def _on_created(self) -> None:
+        self.metrics.sessions_created.inc()
+        self.metrics.active_sessions.inc()
+
     async def create_session(
         self,
         *,
@@ -346,28 +448,28 @@ class Engine:
         """A new session (zeros, or a restored state), primed with the input if given (then its next too).
         `owner` (an API key's principal) is written into the id; only that key reaches the session."""
         self.check_accepting_new()
-        ids = self.encode(text, tokens)
+        store = self._require_store()
+        ids = self.tokenize(text, tokens, required=False)
         ttl = self._ttl(ttl_s)
         h = c = None
         position = 0
         if state is not None:
-            h, c = import_state(state, self.metadata.fingerprint, self.store.state_shape)
+            h, c = import_state(state, self.model.metadata.fingerprint, store.state_shape)
             position = state.position
-        await self.check_owner_quota(owner)
-        record = await self.store.create(ttl_s=ttl, h=h, c=c, position=position, owner=owner)
+        await self._check_owner_quota(owner)
+        record = await store.create(ttl_s=ttl, h=h, c=c, position=position, owner=owner)
         self._on_created()
         if ids is None:
             return record, None
         try:
-            async with self._locks.hold(record.session_id):
-                result = await self.batcher.submit(Step(ids=ids, session_id=record.session_id))
+            result = await self.step(ids, session_id=record.session_id)
         except BaseException:
             # The session existed only for this request: a failed priming leaves nothing behind.
             with contextlib.suppress(EngineError):
-                await self.store.delete(record.session_id)
+                await store.delete(record.session_id)
             raise
         assert result.record is not None
-        return result.record, self._top(result, top_k)
+        return result.record, self.top(result.logits, top_k)
 
     async def session_predict(
         self,
@@ -379,70 +481,41 @@ class Engine:
         expected_position: int | None = None,
     ) -> SessionPrediction:
         """Feed the input to the session; its state and position advance only if this succeeds."""
-        self._check_serving()
+        self.check_serving()
         ids = self._required(text, tokens)
-        async with self._locks.hold(session_id):
-            result = await self.batcher.submit(
-                Step(ids=ids, session_id=session_id, expected_position=expected_position)
-            )
+        result = await self.step(ids, session_id=session_id, expected_position=expected_position)
         assert result.record is not None
-        return SessionPrediction(record=result.record, next=self._top(result, top_k))
+        return SessionPrediction(record=result.record, next=self.top(result.logits, top_k))
 
-    async def get_session(self, session_id: str) -> SessionRecord:
-        self._check_serving()
-        return await self.store.get_record(session_id)
+    async def get_session(self, session_id: str, *, expected_position: int | None = None) -> SessionRecord:
+        """The session's record; PositionConflict if it is not at `expected_position` (when given)."""
+        self.check_serving()
+        record = await self._require_store().get_record(session_id)
+        check_position(record, expected_position)
+        return record
 
     async def delete_session(self, session_id: str) -> None:
-        self._check_serving()
+        self.check_serving()
         async with self._locks.hold(session_id):
-            await self.store.delete(session_id)
+            await self._require_store().delete(session_id)
 
     async def reset_session(self, session_id: str) -> SessionRecord:
-        self._check_serving()
+        self.check_serving()
         async with self._locks.hold(session_id):
-            return await self.store.reset(session_id)
+            return await self._require_store().reset(session_id)
 
     async def fork_session(self, session_id: str, ttl_s: float | None = None) -> SessionRecord:
         """A new session with a copy of this one's state and position; the source is unchanged."""
         self.check_accepting_new()
         ttl = None if ttl_s is None else self._ttl(ttl_s)
-        await self.check_owner_quota(owner_of(session_id))
+        await self._check_owner_quota(owner_of(session_id))
         async with self._locks.hold(session_id):
-            record = await self.store.fork(session_id, ttl)
+            record = await self._require_store().fork(session_id, ttl)
         self._on_created()
         return record
 
     async def export_state(self, session_id: str) -> PortableState:
-        self._check_serving()
-        async with self._locks.hold(session_id):
-            record, h, c = await self.store.get_state(session_id)
-        return export_state(self.metadata.fingerprint, record.position, h, c)
-
-    # ---- description -------------------------------------------------------------------------------------
-    async def model_info(self) -> dict[str, Any]:
-        self._check_serving()
-        meta, s, store = self.metadata, self.settings, self.store
-        return {
-            "name": meta.name,
-            "version": meta.version,
-            "fingerprint": meta.fingerprint,
-            "val_loss": meta.val_loss,
-            "vocabulary": "".join(meta.tokenizer.chars),
-            "vocab_size": meta.config.vocab_size,
-            "embed_size": meta.config.embed_size,
-            "layers": meta.config.num_layers,
-            "hidden_size": meta.config.hidden_size,
-            "peephole": meta.config.peephole,
-            "provider": self.runtime.provider,
-            "batching": {"max_batch_size": s.max_batch_size, "max_batch_delay_ms": s.max_batch_delay_ms},
-            "sessions": {
-                "backend": s.state_backend,
-                "active": await store.count(),
-                "max_sessions": s.max_sessions,
-                "default_ttl_seconds": s.session_ttl_s,
-                "max_ttl_seconds": s.max_session_ttl_s,
-                "state_bytes": 2 * meta.config.num_layers * meta.config.hidden_size * 4,
-                "evicted": dict(store.evictions),
-            },
-            "limits": {"max_text_length": s.max_text_length, "max_request_bytes": s.max_request_bytes},
-        }
+        self.check_serving()
+        async with self.session(session_id) as lease:
+            record, h, c = await lease.read()
+        return export_state(self.model.metadata.fingerprint, record.position, h, c)

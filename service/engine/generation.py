@@ -1,6 +1,6 @@
 """Generation: many streams advance together, one token per stream per shared batch (continuous batching).
 
-A generation is a loop of batcher steps. Each step feeds the stream's latest token and asks the batcher to draw
+A generation is a loop of engine steps. Each step feeds the stream's latest token and asks the batcher to draw
 the next one from the logits the step produces (`SampleNext`): the batcher samples every generating row of a batch
 in one vectorised call. No stream runs a private model loop; whatever else is queued -- other streams' steps,
 prompts, predictions -- shares the batch.
@@ -22,26 +22,23 @@ Either way the session keeps exactly the tokens that were sent, and its position
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Sequence
-from contextlib import AbstractAsyncContextManager, aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from service.engine.batcher import SampleNext, Step, StepResult
-from service.engine.head import Head
 from service.engine.sampling import InvalidSamplingParams, SamplingBatch, StopMatcher, sample, validate_params
-from service.errors import EngineError, InvalidInput, PositionConflict, TooManyStreams
+from service.engine.steps import SampleNext, StatelessRow, StepResult
+from service.errors import InvalidInput, TooManyStreams
 
 if TYPE_CHECKING:
-    from service.engine.engine import Engine
+    from service.engine.engine import Engine, SessionLease
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +106,10 @@ class _Cursor:
 
 
 class Generator:
-    """Runs generations through the engine's batcher; one per engine."""
+    """Runs generations through the engine's public steps; one per engine."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._head: Head | None = None
-        self._head_lock = asyncio.Lock()
         self._streams: Counter[str] = Counter()  # owner -> generations running now
 
     def params(
@@ -128,7 +123,7 @@ class Generator:
         stop: Sequence[str] = (),
     ) -> GenerationParams:
         """Check sampling parameters against the model and the settings; InvalidInput names what is wrong."""
-        limit = self._engine.settings.max_generate_tokens
+        limit = self._engine.config.max_generate_tokens
         tokens = min(DEFAULT_MAX_TOKENS, limit) if max_tokens is None else max_tokens
         if not 1 <= tokens <= limit:
             raise InvalidInput(
@@ -136,7 +131,7 @@ class Generator:
                 code="too_many_tokens" if tokens > limit else "invalid_request",
             )
         try:
-            validate_params(temperature, top_k, top_p, self._engine.metadata.config.vocab_size, seed)
+            validate_params(temperature, top_k, top_p, self._engine.model.metadata.config.vocab_size, seed)
             StopMatcher(stop)
         except (InvalidSamplingParams, TypeError) as exc:
             raise InvalidInput(str(exc)) from None
@@ -164,15 +159,13 @@ class Generator:
         started = time.perf_counter()
         engine = self._engine
         engine.check_accepting_new()  # new streams are refused once shutdown has begun
-        limit = engine.settings.max_streams_per_key
+        limit = engine.config.max_streams_per_key
         if owner and limit and self._streams[owner] >= limit:
             raise TooManyStreams(limit)
-        prompt = engine.encode(text, tokens)
+        prompt = engine.tokenize(text, tokens, required=False)
         if session_id is not None:
             # SessionNotFound, SessionExpired, PositionConflict answered with their status, not mid-stream.
-            record = await engine.store.get_record(session_id)
-            if expected_position is not None and record.position != expected_position:
-                raise PositionConflict(session_id, expected_position, record.position)
+            await engine.get_session(session_id, expected_position=expected_position)
         elif expected_position is not None:
             raise InvalidInput("expected_position applies to sessions only")
         return Plan(
@@ -195,19 +188,19 @@ class Generator:
     async def stream(self, plan: Plan) -> AsyncGenerator[Event, None]:
         """Token events as they are produced, then Finished. Close it (aclose) when stopping early."""
         metrics = self._engine.metrics
-        chars = self._engine.metadata.tokenizer.chars
+        chars = self._engine.model.metadata.tokenizer.chars
         metrics.streams_in_progress.inc()
         self._streams[plan.owner] += 1
         try:
-            async with self._hold(plan):
-                cursor = await self._start(plan)
+            async with self._hold(plan) as lease:
+                cursor = await self._start(plan, lease)
                 matcher = StopMatcher(plan.params.stop)
                 ids: list[int] = []
                 finish: FinishReason = "length"
                 last = plan.started
                 for k in range(plan.params.max_tokens):
                     token, before = cursor.next_token, cursor
-                    cursor = await self._advance(plan, cursor, k + 1)  # feeds `token`: it is now in the session
+                    cursor = await self._advance(plan, lease, cursor, k + 1)  # feeds `token`: it is now in the session
                     now = time.perf_counter()
                     (metrics.time_to_first_token if k == 0 else metrics.inter_token_latency).observe(now - last)
                     last = now
@@ -215,7 +208,7 @@ class Generator:
                     try:
                         yield Token(token=chars[token], id=token, position=cursor.position)
                     except GeneratorExit:  # the consumer stopped before confirming this token was sent
-                        await self._roll_back(plan, before, cursor)
+                        await self._roll_back(lease, before, cursor)
                         raise
                     if matcher.feed(chars[token]) is not None:
                         finish = "stop"
@@ -236,85 +229,58 @@ class Generator:
                 del self._streams[plan.owner]
 
     # ---- steps -------------------------------------------------------------------------------------------
-    def _hold(self, plan: Plan) -> AbstractAsyncContextManager[None]:
+    @asynccontextmanager
+    async def _hold(self, plan: Plan) -> AsyncIterator[SessionLease | None]:
+        """The session's lease for the whole generation (no other request to it in between); None if stateless."""
         if plan.session_id is None:
-            return contextlib.nullcontext()
-        return self._engine.locks.hold(plan.session_id)
+            yield None
+            return
+        async with self._engine.session(plan.session_id) as lease:
+            yield lease
 
     @staticmethod
-    def _draw(params: GenerationParams, step: int) -> SampleNext:
+    def _draw(params: GenerationParams, index: int) -> SampleNext:
         return SampleNext(
-            temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, seed=params.seed, step=step
+            temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, seed=params.seed, index=index
         )
 
-    async def _start(self, plan: Plan) -> _Cursor:
+    async def _start(self, plan: Plan, lease: SessionLease | None) -> _Cursor:
         """Feed the prompt (drawing the first token in the same step), or draw it from the stored state."""
         engine = self._engine
         first = self._draw(plan.params, 0)
         if plan.prompt is not None:
-            return _cursor(
-                await engine.batcher.submit(
-                    Step(
-                        ids=plan.prompt,
-                        session_id=plan.session_id,
-                        kind="prompt",
-                        expected_position=plan.expected_position,
-                        sample_next=first,
-                    )
-                )
-            )
+            if lease is None:
+                return _cursor(await engine.step(plan.prompt, sample_next=first))
+            step = await lease.step(plan.prompt, expected_position=plan.expected_position, sample_next=first)
+            return _cursor(step)
         version: int | None = None
-        if plan.session_id is None:
-            h = np.zeros(engine.store.state_shape, dtype=np.float32)  # (layers, hidden)
+        if lease is None:
+            h = np.zeros(engine.model.state_shape, dtype=np.float32)  # (layers, hidden)
             c = np.zeros_like(h)
             position = 0
         else:
-            record, h, c = await engine.store.get_state(plan.session_id)
+            record, h, c = await lease.read(expected_position=plan.expected_position)
             position, version = record.position, record.version
-            if plan.expected_position is not None and position != plan.expected_position:
-                raise PositionConflict(plan.session_id, plan.expected_position, position)
-        logits = (await self._output_layer()).logits(h[-1:])  # (1, V): the top layer's h through the head
-        draw = SamplingBatch.from_rows([first.temperature], [first.top_k], [first.top_p], [first.seed], [first.step])
+        logits = await engine.head_logits(h[-1:])  # (1, V): the top layer's h through the head
+        draw = SamplingBatch.from_rows([first.temperature], [first.top_k], [first.top_p], [first.seed], [first.index])
         return _Cursor(int(sample(logits, draw)[0]), h, c, position, version)
 
-    async def _advance(self, plan: Plan, cursor: _Cursor, step: int) -> _Cursor:
+    async def _advance(self, plan: Plan, lease: SessionLease | None, cursor: _Cursor, index: int) -> _Cursor:
         """Feed the cursor's token (committing it to the session) and draw the one after it."""
         ids = np.array([cursor.next_token], dtype=np.int64)  # (1,)
-        draw = self._draw(plan.params, step)
-        if plan.session_id is None:
-            item = Step(
-                ids=ids, state=(cursor.h, cursor.c), start_position=cursor.position, kind="generated", sample_next=draw
-            )
-        else:
-            item = Step(
-                ids=ids,
-                session_id=plan.session_id,
-                expected_position=cursor.position,
-                kind="generated",
-                sample_next=draw,
-            )
-        return _cursor(await self._engine.batcher.submit(item))
+        draw = self._draw(plan.params, index)
+        if lease is None:
+            row = StatelessRow(h=cursor.h, c=cursor.c, position=cursor.position)
+            return _cursor(await self._engine.step(ids, continue_from=row, kind="generated", sample_next=draw))
+        step = await lease.step(ids, expected_position=cursor.position, kind="generated", sample_next=draw)
+        return _cursor(step)
 
-    async def _roll_back(self, plan: Plan, before: _Cursor, after: _Cursor) -> None:
+    @staticmethod
+    async def _roll_back(lease: SessionLease | None, before: _Cursor, after: _Cursor) -> None:
         """Put the session back where it was before a token that was never sent (compare-and-set on our write)."""
-        if plan.session_id is None or after.version is None:
+        if lease is None or after.version is None:
             return
-        results = await self._engine.store.save_many(
-            [plan.session_id], before.h[:, None], before.c[:, None], [before.position], [after.version]
-        )
-        if isinstance(results[0], EngineError):
-            log.warning(
-                "could not roll back an unsent token",
-                extra={"session_id": plan.session_id, "error": results[0].message},
-            )
-
-    async def _output_layer(self) -> Head:
-        if self._head is None:
-            async with self._head_lock:
-                if self._head is None:
-                    engine = self._engine
-                    self._head = await asyncio.to_thread(Head.load, engine.settings.model_path, engine.runtime)
-        return self._head
+        await lease.restore(before.h, before.c, before.position, after.version)
 
 
 def _cursor(result: StepResult) -> _Cursor:

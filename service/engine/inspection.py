@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from model.reference import GateTrace, ReferenceLSTM
-from service.engine.batcher import Step, StepResult
 from service.engine.runtime import ModelLoadError
-from service.engine.topk import TokenProb, top_k
+from service.engine.steps import StepResult
+from service.engine.topk import TokenProb
 from service.errors import InvalidInput
 from service.state.store import SessionRecord
 
@@ -55,7 +55,7 @@ class Inspector:
     @property
     def chars(self) -> tuple[str, ...]:
         """The vocabulary, by token id."""
-        return self._engine.metadata.tokenizer.chars
+        return self._engine.model.metadata.tokenizer.chars
 
     async def inspect(
         self,
@@ -68,10 +68,9 @@ class Inspector:
         """Feed the input (to the session, or from a zero state) and return every gate's activations."""
         engine = self._engine
         engine.check_serving()
-        ids = engine.encode(text, tokens)
-        if ids is None:
-            raise InvalidInput("give 'text' or 'tokens'")
-        limit = engine.settings.max_inspect_length
+        ids = engine.tokenize(text, tokens)
+        assert ids is not None
+        limit = engine.config.max_inspect_length
         if len(ids) > limit:
             raise InvalidInput(
                 f"inspection returns vectors per character: at most {limit} characters, got {len(ids)}",
@@ -79,21 +78,20 @@ class Inspector:
             )
         reference = await self._load()
         if session_id is None:
-            h = np.zeros(engine.store.state_shape, dtype=np.float32)  # (layers, hidden)
+            h = np.zeros(engine.model.state_shape, dtype=np.float32)  # (layers, hidden)
             c = np.zeros_like(h)
             return self._compare(
                 ids,
                 0,
                 await asyncio.to_thread(reference.run, ids[None], h[:, None], c[:, None]),
-                await engine.batcher.submit(Step(ids=ids)),
+                await engine.step(ids),
                 top,
             )
-        async with engine.locks.hold(session_id):
-            record, h, c = await engine.store.get_state(session_id)
+        async with engine.session(session_id) as lease:
+            record, h, c = await lease.read()
             traced = await asyncio.to_thread(reference.run, ids[None], h[:, None], c[:, None])
-            result = await engine.batcher.submit(
-                Step(ids=ids, session_id=session_id, expected_position=record.position)
-            )
+            # Refused if the session moved between the read and the step: the gates must be of this state.
+            result = await lease.step(ids, expected_position=record.position)
         return self._compare(ids, record.position, traced, result, top)
 
     def _compare(
@@ -117,7 +115,7 @@ class Inspector:
             ids=ids,
             start_position=start,
             layers=layers,
-            next=top_k(result.logits, top, self._engine.metadata.tokenizer),
+            next=self._engine.top(result.logits, top),
             position=result.position,
             record=result.record,
             deviation=deviation,
@@ -127,13 +125,12 @@ class Inspector:
         if self._reference is None:
             async with self._load_lock:
                 if self._reference is None:
-                    engine = self._engine
-                    reference = await asyncio.to_thread(ReferenceLSTM.from_onnx, engine.settings.model_path)
-                    if reference.metadata.fingerprint != engine.metadata.fingerprint:
+                    served = self._engine.model
+                    reference = await asyncio.to_thread(ReferenceLSTM.from_onnx, served.path)
+                    if reference.metadata.fingerprint != served.metadata.fingerprint:
                         raise ModelLoadError(
-                            f"{engine.settings.model_path} now holds model "
-                            f"{reference.metadata.fingerprint}, not the served "
-                            f"{engine.metadata.fingerprint}"
+                            f"{served.path} now holds model {reference.metadata.fingerprint}, not the served "
+                            f"{served.metadata.fingerprint}"
                         )
                     self._reference = reference
         return self._reference

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.engine.batcher import Step
+from service.engine.locks import SessionLocks
 from service.errors import EngineError, InvalidInput, SequenceNotStarted, SessionExpired, SessionNotFound
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ def sequence_key(model: str, sequence_id: int | str, owner: str = "") -> str:
 class Sequences:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._locks = SessionLocks()  # one per sequence key: start, feed and end of a request are atomic
         self._sessions: OrderedDict[str, str] = OrderedDict()  # sequence key -> session id, least recent first
 
     def __len__(self) -> int:
@@ -51,7 +52,7 @@ class Sequences:
         engine.check_serving()
         checked = self._check(ids)
         # The sequence's own lock makes start, feed and end of one request atomic against its other requests.
-        async with engine.locks.hold(key):
+        async with self._locks.hold(key):
             session_id = self._sessions.get(key)
             if start:
                 if session_id is not None:
@@ -62,8 +63,7 @@ class Sequences:
             elif session_id is None:
                 raise SequenceNotStarted(sequence_id)
             try:
-                async with engine.locks.hold(session_id):
-                    result = await engine.batcher.submit(Step(ids=checked, session_id=session_id))
+                result = await engine.step(checked, session_id=session_id)
             except (SessionNotFound, SessionExpired):
                 self._sessions.pop(key, None)
                 raise SequenceNotStarted(sequence_id) from None
@@ -84,17 +84,17 @@ class Sequences:
         if len(rows) > MAX_ROWS:
             raise InvalidInput(f"at most {MAX_ROWS} rows per request, got {len(rows)}")
         checked = [self._check(row) for row in rows]
-        results = await asyncio.gather(*(engine.batcher.submit(Step(ids=row)) for row in checked))
+        results = await asyncio.gather(*(engine.step(row) for row in checked))
         return np.stack([r.logits for r in results])
 
     def _check(self, ids: np.ndarray) -> np.ndarray:
-        checked = self._engine.encode(None, ids.tolist())
+        checked = self._engine.tokenize(None, ids.tolist())
         assert checked is not None
         return checked
 
     def _remember(self, key: str, session_id: str) -> None:
         self._sessions[key] = session_id
-        while len(self._sessions) > self._engine.settings.max_sessions:
+        while len(self._sessions) > self._engine.config.max_sequences:
             self._sessions.popitem(last=False)
 
     async def _free(self, key: str, session_id: str) -> None:

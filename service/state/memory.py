@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from service.errors import (
     VersionConflict,
 )
 from service.session_ids import new_session_id, owner_of
+from service.state.snapshot import RestoreResult, Snapshot
 from service.state.store import (
     EvictionReason,
     LoadedStates,
@@ -146,9 +147,14 @@ class MemoryStateStore(StateStore):
         self._free[self._n_free] = slot
         self._n_free += 1
         if reason != "deleted":  # a client that deleted its session is told "not found", as for any unknown id
-            self._gone[sid] = reason
-            while len(self._gone) > self._remember_gone:
-                self._gone.popitem(last=False)
+            self._forget(sid, reason)
+
+    def _forget(self, session_id: str, reason: EvictionReason) -> None:
+        """Remember a removed id (bounded, oldest out first) so a later request for it is told why it is gone."""
+        self._gone[session_id] = reason
+        self._gone.move_to_end(session_id)
+        while len(self._gone) > self._remember_gone:
+            self._gone.popitem(last=False)
 
     def _allocate(self, now: float, protect: int | None = None) -> int:
         """A free slot, sweeping or evicting for capacity if needed; `protect` is never evicted (a fork's source)."""
@@ -323,3 +329,68 @@ class MemoryStateStore(StateStore):
 
     async def sweep_expired(self) -> int:
         return self._sweep(self._clock())
+
+    # ---- its own persistence (service/state/snapshot.py writes and reads the file) ---------------------------
+    @property
+    def change_marker(self) -> Hashable:
+        """Changes whenever a session is created, written, reset or removed: a snapshot is due only then."""
+        return self._next_version, len(self._slot_of), tuple(self.evictions.values())
+
+    def to_snapshot(self, fingerprint: str, now: float | None = None) -> Snapshot:
+        """Copy every live session out (fancy indexing copies), for writing off the event loop."""
+        ids = list(self._slot_of)
+        slots = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(ids))
+        gone = list(self._gone.items())
+        return Snapshot(
+            fingerprint=fingerprint,
+            layers=self.layers,
+            hidden=self.hidden,
+            written_at=time.time() if now is None else now,
+            next_version=int(self._next_version),
+            ids=ids,
+            position=self._position[slots],
+            version=self._version[slots],
+            created=self._created[slots],
+            last_used=self._last_used[slots],
+            expires=self._expires[slots],
+            ttl=self._ttl[slots],
+            h=self._h[slots],  # (n, layers, hidden)
+            c=self._c[slots],
+            gone_ids=[sid for sid, _ in gone],
+            gone_reasons=[reason for _, reason in gone],
+        )
+
+    def load_snapshot(self, snap: Snapshot, now: float) -> RestoreResult:
+        """Fill this empty store with the snapshot's live sessions (the most recently used, up to max_sessions);
+        the per-key session counts come back with them."""
+        if self._slot_of:
+            raise RuntimeError("a snapshot is restored into an empty store only")
+        live = np.flatnonzero(snap.expires > now)
+        expired = np.flatnonzero(snap.expires <= now)
+        live = live[np.argsort(-snap.last_used[live], kind="stable")]  # most recently used first
+        keep, dropped = live[: self.max_sessions], live[self.max_sessions :]
+        k = len(keep)
+        slots = self._free[self._n_free - k : self._n_free][::-1].copy()  # the stack's top k, as _allocate pops
+        self._n_free -= k
+        self._h[slots] = snap.h[keep]
+        self._c[slots] = snap.c[keep]
+        self._position[slots] = snap.position[keep]
+        self._version[slots] = snap.version[keep]
+        self._created[slots] = snap.created[keep]
+        self._last_used[slots] = snap.last_used[keep]
+        self._expires[slots] = snap.expires[keep]
+        self._ttl[slots] = snap.ttl[keep]
+        for i, slot in zip(keep.tolist(), slots.tolist(), strict=True):
+            sid = snap.ids[i]
+            self._slot_of[sid] = slot
+            self._id_of[slot] = sid
+            self._owned[owner_of(sid)] += 1
+        for sid, reason in zip(snap.gone_ids, snap.gone_reasons, strict=True):
+            self._forget(sid, "capacity" if reason == "capacity" else "ttl")
+        for i in expired.tolist():
+            self._forget(snap.ids[i], "ttl")
+        for i in dropped.tolist():
+            self._forget(snap.ids[i], "capacity")
+        top = int(snap.version.max()) if len(snap) else 0
+        self._next_version = max(self._next_version, snap.next_version, top)
+        return RestoreResult(restored=k, expired=len(expired), dropped=len(dropped))

@@ -18,8 +18,9 @@ weights or state shape) and starts empty. Sessions are recoverable state (a clie
 creates a new session), whereas a server that refuses to start on a bad file needs a person to fix it, and in a
 crash loop serves nobody; the moved-aside file keeps the old sessions for a rollback or an inspection.
 
-The capture reads the memory store's arrays directly (one copy of the live slots, taken on the event loop so it is
-consistent with the batches), and the restore fills an empty store's slots the same way.
+The store owns its content: `MemoryStateStore.to_snapshot()` copies its live slots (on the event loop, so the copy is
+consistent with the batches) and `load_snapshot()` fills an empty store, its per-key session counts included. This
+module only reads, checks and atomically writes the file, and schedules the writes.
 """
 
 from __future__ import annotations
@@ -32,20 +33,17 @@ import os
 import secrets
 import time
 import zipfile
-from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-
-from service.state.memory import MemoryStateStore
-from service.state.store import EvictionReason
 
 log = logging.getLogger(__name__)
 
 FORMAT = "lstm-serve-sessions/1"
-_REASONS: tuple[EvictionReason, ...] = ("ttl", "capacity")
+GONE_REASONS = ("ttl", "capacity")  # why a remembered id is gone (a deleted one is simply not found)
 
 
 class SnapshotError(Exception):
@@ -84,31 +82,6 @@ class RestoreResult:
     restored: int
     expired: int  # idle past their TTL by now: remembered as expired
     dropped: int  # over max_sessions: the least recently used, remembered as evicted
-
-
-def capture(store: MemoryStateStore, fingerprint: str, now: float | None = None) -> Snapshot:
-    """Copy every live session out of the store (fancy indexing copies), for writing off the event loop."""
-    ids = list(store._slot_of)
-    slots = np.fromiter(store._slot_of.values(), dtype=np.int64, count=len(ids))
-    gone = list(store._gone.items())
-    return Snapshot(
-        fingerprint=fingerprint,
-        layers=store.layers,
-        hidden=store.hidden,
-        written_at=time.time() if now is None else now,
-        next_version=int(store._next_version),
-        ids=ids,
-        position=store._position[slots],
-        version=store._version[slots],
-        created=store._created[slots],
-        last_used=store._last_used[slots],
-        expires=store._expires[slots],
-        ttl=store._ttl[slots],
-        h=store._h[slots],
-        c=store._c[slots],
-        gone_ids=[sid for sid, _ in gone],
-        gone_reasons=[reason for _, reason in gone],
-    )
 
 
 def _strings(values: list[str]) -> np.ndarray:
@@ -187,7 +160,7 @@ def read_snapshot(path: Path, fingerprint: str, shape: tuple[int, int]) -> Snaps
             raise SnapshotError("duplicate session ids", "corrupt")
         gone_ids = [str(s) for s in arrays["gone_ids"]]
         gone_reasons = [str(s) for s in arrays["gone_reasons"]]
-        if len(gone_ids) != len(gone_reasons) or not set(gone_reasons) <= set(_REASONS):
+        if len(gone_ids) != len(gone_reasons) or not set(gone_reasons) <= set(GONE_REASONS):
             raise SnapshotError("the expired-id list is inconsistent", "corrupt")
         return Snapshot(
             fingerprint=fingerprint,
@@ -213,60 +186,33 @@ def read_snapshot(path: Path, fingerprint: str, shape: tuple[int, int]) -> Snaps
         raise SnapshotError(f"inconsistent: {type(exc).__name__}: {exc}", "corrupt") from None
 
 
-def restore(store: MemoryStateStore, snap: Snapshot, now: float) -> RestoreResult:
-    """Fill an empty store with the snapshot's live sessions (the most recently used, up to max_sessions)."""
-    if store._slot_of:
-        raise RuntimeError("a snapshot is restored into an empty store only")
-    live = np.flatnonzero(snap.expires > now)
-    expired = np.flatnonzero(snap.expires <= now)
-    live = live[np.argsort(-snap.last_used[live], kind="stable")]  # most recently used first
-    keep, dropped = live[: store.max_sessions], live[store.max_sessions :]
-    k = len(keep)
-    slots = store._free[store._n_free - k : store._n_free][::-1].copy()  # the stack's top k, as _allocate pops
-    store._n_free -= k
-    store._h[slots] = snap.h[keep]
-    store._c[slots] = snap.c[keep]
-    store._position[slots] = snap.position[keep]
-    store._version[slots] = snap.version[keep]
-    store._created[slots] = snap.created[keep]
-    store._last_used[slots] = snap.last_used[keep]
-    store._expires[slots] = snap.expires[keep]
-    store._ttl[slots] = snap.ttl[keep]
-    for i, slot in zip(keep.tolist(), slots.tolist(), strict=True):
-        sid = snap.ids[i]
-        store._slot_of[sid] = slot
-        store._id_of[slot] = sid
-    gone: OrderedDict[str, EvictionReason] = OrderedDict()
-    for sid, reason in zip(snap.gone_ids, snap.gone_reasons, strict=True):
-        gone[sid] = "capacity" if reason == "capacity" else "ttl"
-    for i in expired.tolist():
-        gone[snap.ids[i]] = "ttl"
-    for i in dropped.tolist():
-        gone[snap.ids[i]] = "capacity"
-    while len(gone) > store._remember_gone:
-        gone.popitem(last=False)
-    store._gone = gone
-    top = int(snap.version.max()) if len(snap) else 0
-    store._next_version = max(store._next_version, snap.next_version, top)
-    return RestoreResult(restored=k, expired=len(expired), dropped=len(dropped))
+class SnapshotSource(Protocol):
+    """A store that snapshots itself: it exports and loads its own content, this module only does the file I/O."""
 
+    @property
+    def state_shape(self) -> tuple[int, int]: ...
 
-def _signature(store: MemoryStateStore) -> tuple[int, int, tuple[int, ...]]:
-    """Changes whenever a session is created, written, reset, removed: a snapshot is due only then."""
-    return store._next_version, len(store._slot_of), tuple(store.evictions.values())
+    @property
+    def change_marker(self) -> Hashable:
+        """Changes whenever a session is created, written, reset or removed: a snapshot is due only then."""
+        ...
+
+    def to_snapshot(self, fingerprint: str) -> Snapshot: ...
+
+    def load_snapshot(self, snap: Snapshot, now: float) -> RestoreResult: ...
 
 
 class Snapshotter:
     """Restores at start, writes every `interval_s` seconds when something changed (0 = never), and at stop."""
 
-    def __init__(self, store: MemoryStateStore, path: Path, interval_s: float, fingerprint: str) -> None:
+    def __init__(self, store: SnapshotSource, path: Path, interval_s: float, fingerprint: str) -> None:
         self.store = store
         self.path = path
         self.interval_s = interval_s
         self.fingerprint = fingerprint
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self._written: tuple[int, int, tuple[int, ...]] | None = None
+        self._written: Hashable | None = None
         self.writes = 0
 
     async def restore(self) -> RestoreResult | None:
@@ -290,8 +236,8 @@ class Snapshotter:
                 extra={"path": str(self.path), "moved_to": str(aside)},
             )
             return None
-        result = restore(self.store, snap, time.time())
-        self._written = _signature(self.store)
+        result = self.store.load_snapshot(snap, time.time())
+        self._written = self.store.change_marker
         log.info(
             "sessions restored from snapshot",
             extra={
@@ -339,11 +285,11 @@ class Snapshotter:
     async def write(self, *, only_if_changed: bool = False) -> bool:
         """Capture on the event loop (consistent with the batches), write in a thread. True if written."""
         async with self._lock:
-            signature = _signature(self.store)
+            signature = self.store.change_marker
             if only_if_changed and signature == self._written:
                 return False
             t0 = time.perf_counter()
-            snap = capture(self.store, self.fingerprint)
+            snap = self.store.to_snapshot(self.fingerprint)
             await asyncio.to_thread(write_snapshot, snap, self.path)
             self._written = signature
             self.writes += 1

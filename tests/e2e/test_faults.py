@@ -38,7 +38,7 @@ import pytest
 from model.onnx_meta import ModelMetadata
 from service.client import Client
 from service.state.memory import MemoryStateStore
-from service.state.snapshot import Snapshot, capture, read_snapshot, write_snapshot
+from service.state.snapshot import Snapshot, read_snapshot, write_snapshot
 from tests.e2e.process import ROOT, Launch, ServerProcess
 from tests.e2e.support import TEXT, no_unhandled_errors, replay, start_replicas, state_of
 from tests.redis_server import RedisServer
@@ -384,7 +384,7 @@ def write_real_snapshot(model_path: Path, path: Path, n: int) -> list[str]:
         return store
 
     store = asyncio.run(fill())
-    write_snapshot(capture(store, meta.fingerprint), path)
+    write_snapshot(store.to_snapshot(meta.fingerprint), path)
     return list(store._slot_of)
 
 

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
-from service.app import create_app
+from service.app import Serving, create_app
 from service.config import Settings
 from service.engine.engine import Engine
-from service.metrics import Metrics
+from service.state.store import SessionRecord
 
 SettingsFactory = Callable[..., Settings]
 
@@ -34,17 +35,30 @@ def make_settings(tiny_model_path: Path) -> SettingsFactory:
 
 
 @pytest.fixture
-async def engine(make_settings: SettingsFactory) -> AsyncIterator[Engine]:
-    eng = Engine(make_settings(), Metrics())
-    await eng.start()
-    yield eng
-    await eng.drain()
+async def serving(make_settings: SettingsFactory) -> AsyncIterator[Serving]:
+    """The composition root's parts (runtime, store, engine) on the tiny model, started."""
+    built = Serving(make_settings())
+    await built.start()
+    yield built
+    await built.stop()
+
+
+@pytest.fixture
+async def engine(serving: Serving) -> Engine:
+    return serving.engine
+
+
+async def read_state(engine: Engine, session_id: str) -> tuple[SessionRecord, np.ndarray, np.ndarray]:
+    """A session's record, h and c, read through the engine's public lease."""
+    async with engine.session(session_id) as lease:
+        return await lease.read()
 
 
 class AppClient(httpx.AsyncClient):
     """An httpx client bound to an app whose lifespan has run; `.engine` is the app's engine."""
 
     engine: Engine
+    serving: Serving
 
 
 AppFactory = Callable[..., AbstractAsyncContextManager[AppClient]]
@@ -61,6 +75,7 @@ def app_factory(make_settings: SettingsFactory) -> AppFactory:
             transport = httpx.ASGITransport(app=app)
             async with AppClient(transport=transport, base_url="http://testserver") as client:
                 client.engine = app.state.engine
+                client.serving = app.state.serving
                 yield client
 
     return run

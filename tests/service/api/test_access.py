@@ -75,7 +75,7 @@ async def test_another_keys_session_does_not_exist_on_any_route(app_factory: App
             (
                 "POST",
                 "/v1/completions",
-                {"model": client.engine.metadata.name, "prompt": "a", "max_tokens": 2, "session_id": sid},
+                {"model": client.engine.model.metadata.name, "prompt": "a", "max_tokens": 2, "session_id": sid},
             ),
         ]
         for method, url, body in attempts:
@@ -104,7 +104,7 @@ def test_websocket_needs_a_key_and_its_own_session(make_settings: SettingsFactor
 
 async def test_v2_sequence_ids_are_namespaced_by_key(app_factory: AppFactory) -> None:
     async with app_factory(**KEYS) as client:
-        name = client.engine.metadata.name
+        name = client.engine.model.metadata.name
 
         async def infer(headers: dict[str, str], ids: list[int], **params: Any) -> httpx.Response:
             body = {
@@ -147,7 +147,7 @@ async def test_sessions_per_key(app_factory: AppFactory) -> None:
         assert (await client.post("/v1/sessions", headers=B)).status_code == 201  # Bob's quota is his own
         assert (await client.delete(f"/v1/sessions/{ids[0]}", headers=A)).status_code == 204
         assert (await client.post("/v1/sessions", headers=A)).status_code == 201
-        assert await client.engine.store.count() == 3
+        assert (await client.engine.session_stats()).active == 3
         assert rejections((await client.get("/metrics")).text, "too_many_sessions") == 2
 
 
@@ -160,7 +160,7 @@ def test_too_many_streams_is_429_with_retry_after() -> None:
 
 
 async def test_limits_are_counted(client: AppClient) -> None:
-    limit = client.engine.settings.max_text_length
+    limit = client.engine.config.max_text_length
     assert (await client.post("/v1/predict", json={"text": "a" * (limit + 1)})).json()["error"][
         "code"
     ] == "text_too_long"
@@ -180,7 +180,7 @@ async def test_request_timeout_answers_504_and_changes_nothing(app_factory: AppF
         sid = (await client.post("/v1/sessions", json={"text": "ROMEO:\n"})).json()["session_id"]
         before = (await client.get(f"/v1/sessions/{sid}/state")).json()
         # Hold the session's lock, as a long request to it would: the next request waits past the timeout.
-        async with client.engine.locks.hold(sid):
+        async with client.engine.session(sid):
             r = await client.post(f"/v1/sessions/{sid}/predict", json={"text": "a"})
         assert r.status_code == 504 and r.json()["error"]["code"] == "request_timeout"
         assert (await client.get(f"/v1/sessions/{sid}/state")).json() == before
@@ -215,7 +215,7 @@ async def test_the_openai_client_sends_its_api_key(app_factory: AppFactory) -> N
     openai = pytest.importorskip("openai")
     async with app_factory(**KEYS) as client:
         transport = client._transport
-        name = client.engine.metadata.name
+        name = client.engine.model.metadata.name
         async with httpx.AsyncClient(transport=transport) as http:
             good = openai.AsyncOpenAI(base_url="http://testserver/v1", api_key=ALICE, http_client=http, max_retries=0)
             done = await good.completions.create(model=name, prompt="ROMEO:\n", max_tokens=4, seed=1)

@@ -44,7 +44,7 @@ async def snapshot(client: AppClient, sid: str) -> Snapshot:
 
 
 async def active(client: AppClient) -> int:
-    return int(await client.engine.store.count())
+    return int((await client.engine.session_stats()).active)
 
 
 def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ async def test_hundreds_of_sessions_fed_in_interleaved_pieces(app_factory: Any) 
     alphabet = TEST_VOCAB
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(N_SESSIONS)]
     async with app_factory(max_batch_size=64, max_batch_delay_ms=5) as client:
-        runtime = client.engine.runtime
+        runtime = client.serving.runtime
         created = await asyncio.gather(*(client.post("/v1/sessions", json={}) for _ in texts))
         sids = [r.json()["session_id"] for r in created]
         assert len(set(sids)) == N_SESSIONS
@@ -48,9 +48,9 @@ async def test_hundreds_of_sessions_fed_in_interleaved_pieces(app_factory: Any) 
                 last = r.json()
             return last
 
-        runs, batches = runtime.runs, client.engine.batcher.batches
+        runs, batches = runtime.runs, client.engine.stats().batches
         fed = await asyncio.gather(*(feed(s, t) for s, t in zip(sids, texts, strict=True)))
-        assert client.engine.batcher.batches - batches < requests / 3  # requests shared batches
+        assert client.engine.stats().batches - batches < requests / 3  # requests shared batches
         assert runtime.runs - runs < requests
         # Stateless predictions of the whole texts, themselves concurrent.
         whole = await asyncio.gather(*(client.post("/v1/predict", json={"text": t, "top_k": 76}) for t in texts))
@@ -61,7 +61,7 @@ async def test_hundreds_of_sessions_fed_in_interleaved_pieces(app_factory: Any) 
 
 async def test_engine_batches_concurrent_requests_into_fewer_runs(app_factory: Any) -> None:
     async with app_factory(max_batch_size=128, max_batch_delay_ms=20) as client:
-        runtime = client.engine.runtime
+        runtime = client.serving.runtime
         sids = [(await client.post("/v1/sessions", json={})).json()["session_id"] for _ in range(100)]
         runs = runtime.runs
         rs = await asyncio.gather(*(client.post(f"/v1/sessions/{s}/predict", json={"text": "ab"}) for s in sids))

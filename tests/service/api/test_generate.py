@@ -13,7 +13,8 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.client import SSEDecoder
-from service.engine.batcher import Step, StepResult
+from service.engine.batcher import WorkItem
+from service.engine.steps import StepResult
 from service.errors import StateStoreUnavailable
 from tests.service.conftest import AppClient, SettingsFactory
 
@@ -111,11 +112,11 @@ async def test_errors_before_a_stream_get_their_status(
 
 async def test_an_error_midway_is_an_event_then_done(client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
     sid = await new_session(client)
-    batcher = client.engine.batcher
-    real_submit = batcher.submit
+    engine = client.engine
+    real_submit = engine._submit  # fault injection at the engine's one door to its batcher
     generated = 0
 
-    async def failing_submit(step: Step) -> StepResult:
+    async def failing_submit(step: WorkItem) -> StepResult:
         nonlocal generated
         if step.kind == "generated":
             generated += 1
@@ -123,7 +124,7 @@ async def test_an_error_midway_is_an_event_then_done(client: AppClient, monkeypa
                 raise StateStoreUnavailable("the state store cannot be reached")
         return await real_submit(step)
 
-    monkeypatch.setattr(batcher, "submit", failing_submit)
+    monkeypatch.setattr(engine, "_submit", failing_submit)
     r = await client.post(f"/v1/sessions/{sid}/generate", json={"max_tokens": 10, "stream": True})
     got = events(r.text)
     assert [type(e) for e in got] == [dict, dict, dict, str]
@@ -219,13 +220,13 @@ async def test_64_concurrent_streams_share_batches(app_factory: Any) -> None:
         engine = client.engine
         histogram = engine.metrics.batch_size
         count0, sum0 = histogram._sum.get(), sum(b.get() for b in histogram._buckets)
-        batches = engine.batcher.batches
+        batches = engine.stats().batches
         bodies = [{"text": PROMPT, "max_tokens": 40, "temperature": 0.9, "seed": s, "stream": True} for s in range(64)]
         responses = await asyncio.gather(*(client.post("/v1/generate", json=b) for b in bodies))
         streams = [events(r.text) for r in responses]
         assert all(s[-1] == "[DONE]" and len(s) == 42 for s in streams)
         tokens = 64 * 40
-        ran = engine.batcher.batches - batches
+        ran = engine.stats().batches - batches
         rows = histogram._sum.get() - count0
         observed = sum(b.get() for b in histogram._buckets) - sum0
         assert observed == ran and rows == tokens + 64  # every token step and prompt went through a batch

@@ -13,12 +13,12 @@ async def test_predict_text(client: AppClient) -> None:
     nxt = body["next"]
     assert len(nxt) == 5 and set(nxt[0]) == {"token", "id", "prob"}
     assert [t["prob"] for t in nxt] == sorted((t["prob"] for t in nxt), reverse=True)
-    vocab = client.engine.metadata.tokenizer.chars
+    vocab = client.engine.model.metadata.tokenizer.chars
     assert all(vocab[t["id"]] == t["token"] and 0 < t["prob"] <= 1 for t in nxt)
 
 
 async def test_full_distribution_sums_to_one_and_tokens_match_text(client: AppClient) -> None:
-    tok = client.engine.metadata.tokenizer
+    tok = client.engine.model.metadata.tokenizer
     by_text = (await client.post("/v1/predict", json={"text": "ROMEO:", "top_k": 1024})).json()
     ids = [int(i) for i in tok.encode("ROMEO:")]
     by_ids = (await client.post("/v1/predict", json={"tokens": ids, "top_k": 1024})).json()

@@ -40,9 +40,7 @@ async def infer(
 
 async def engine_logits(client: AppClient, ids: list[int]) -> np.ndarray:
     """The logits the engine gives after `ids` from a zero state, straight from its batcher."""
-    from service.engine.batcher import Step
-
-    return (await client.engine.batcher.submit(Step(ids=np.array(ids, dtype=np.int64)))).logits
+    return (await client.engine.step(np.array(ids, dtype=np.int64))).logits
 
 
 async def test_server_and_model_metadata(client: AppClient) -> None:
@@ -100,7 +98,7 @@ async def test_a_sequence_is_a_session(client: AppClient) -> None:
         },
     )
     assert r.status_code == 400 and "sequence_start" in r.json()["error"]
-    assert await client.engine.store.count() == 0  # sequence_end deleted its session
+    assert (await client.engine.session_stats()).active == 0  # sequence_end deleted its session
 
 
 async def test_sequence_start_resets_and_ids_keep_their_type(client: AppClient) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.engine.batcher import Batcher, Step, staircase
+from service.engine.batcher import Batcher, WorkItem, staircase
 from service.engine.runtime import OnnxRuntime
 from service.errors import Draining, PositionConflict, SessionNotFound
 from service.metrics import Metrics
@@ -67,7 +67,7 @@ async def test_concurrent_steps_of_different_sessions_share_runs(runtime: OnnxRu
     rows = [ids(1 + i % 3) for i in range(40)]  # three distinct lengths
     runs, batches = runtime.runs, batcher.batches
     results = await asyncio.gather(
-        *(batcher.submit(Step(ids=r, session_id=s)) for r, s in zip(rows, sessions, strict=True))
+        *(batcher.submit(WorkItem(ids=r, session_id=s)) for r, s in zip(rows, sessions, strict=True))
     )
     assert batcher.batches - batches == 1
     assert runtime.runs - runs == 3  # 40 requests, 3 ONNX Runtime calls
@@ -89,7 +89,7 @@ async def test_two_steps_of_one_session_never_share_a_batch(runtime: OnnxRuntime
     pieces = [ids(2), ids(3), ids(1)]
     batches = batcher.batches
     # Submitted together, straight to the batcher (no engine lock): the batcher alone must serialise them.
-    results = await asyncio.gather(*(batcher.submit(Step(ids=p, session_id=sid)) for p in pieces))
+    results = await asyncio.gather(*(batcher.submit(WorkItem(ids=p, session_id=sid)) for p in pieces))
     assert batcher.batches - batches == 3
     assert [r.position for r in results] == [2, 5, 6]  # applied in arrival order, none lost or doubled
     zero = np.zeros((runtime.layers, runtime.hidden), np.float32)
@@ -120,7 +120,7 @@ async def test_a_write_that_lost_the_race_fails_and_changes_nothing(runtime: Onn
         )
     ).session_id
     with pytest.raises(PositionConflict) as info:
-        await batcher.submit(Step(ids=ids(4), session_id=sid))
+        await batcher.submit(WorkItem(ids=ids(4), session_id=sid))
     assert (info.value.expected, info.value.actual) == (3, 0)
     record, h, _ = await store.get_state(sid)
     assert record.position == 0 and not h.any()  # the other writer's reset stands
@@ -133,10 +133,10 @@ async def test_expected_position_and_missing_sessions_fail_alone(runtime: OnnxRu
     batcher.start()
     sid = (await store.create(ttl_s=60)).session_id
     ok, conflict, missing, stateless = await asyncio.gather(
-        batcher.submit(Step(ids=ids(2), session_id=sid, expected_position=0)),
-        batcher.submit(Step(ids=ids(2), session_id=(await store.create(ttl_s=60)).session_id, expected_position=5)),
-        batcher.submit(Step(ids=ids(2), session_id="no-such-session")),
-        batcher.submit(Step(ids=ids(2))),
+        batcher.submit(WorkItem(ids=ids(2), session_id=sid, expected_position=0)),
+        batcher.submit(WorkItem(ids=ids(2), session_id=(await store.create(ttl_s=60)).session_id, expected_position=5)),
+        batcher.submit(WorkItem(ids=ids(2), session_id="no-such-session")),
+        batcher.submit(WorkItem(ids=ids(2))),
         return_exceptions=True,
     )
     assert not isinstance(ok, BaseException) and ok.position == 2
@@ -150,9 +150,9 @@ async def test_stateless_steps_carry_their_own_state(runtime: OnnxRuntime) -> No
     batcher = make_batcher(runtime)
     batcher.start()
     text = ids(9)
-    whole = await batcher.submit(Step(ids=text, all_logits=True))
-    first = await batcher.submit(Step(ids=text[:4]))
-    rest = await batcher.submit(Step(ids=text[4:], state=(first.h, first.c), start_position=4))
+    whole = await batcher.submit(WorkItem(ids=text, all_logits=True))
+    first = await batcher.submit(WorkItem(ids=text[:4]))
+    rest = await batcher.submit(WorkItem(ids=text[4:], state=(first.h, first.c), start_position=4))
     assert whole.logits.shape == (9, runtime.vocab_size)
     np.testing.assert_allclose(rest.logits, whole.logits[-1], atol=1e-5)
     assert rest.position == 9
@@ -177,7 +177,7 @@ async def test_the_event_loop_stays_free_while_onnx_runtime_runs(tiny_model_path
             ticks += 1
 
     task = asyncio.get_running_loop().create_task(ticker())
-    await batcher.submit(Step(ids=ids(3)))
+    await batcher.submit(WorkItem(ids=ids(3)))
     task.cancel()
     assert ticks >= 10  # the loop kept running while the 0.3 s batch ran in the worker thread
     await batcher.stop()
@@ -186,12 +186,12 @@ async def test_the_event_loop_stays_free_while_onnx_runtime_runs(tiny_model_path
 async def test_stop_finishes_queued_work_then_refuses(runtime: OnnxRuntime) -> None:
     batcher = make_batcher(runtime, size=2, delay=0.05)
     batcher.start()
-    pending = [asyncio.ensure_future(batcher.submit(Step(ids=ids(2)))) for _ in range(7)]
+    pending = [asyncio.ensure_future(batcher.submit(WorkItem(ids=ids(2)))) for _ in range(7)]
     await asyncio.sleep(0)
     await batcher.stop()
     assert all(p.done() and p.exception() is None for p in pending)
     with pytest.raises(Draining):
-        await batcher.submit(Step(ids=ids(1)))
+        await batcher.submit(WorkItem(ids=ids(1)))
 
 
 async def test_a_cancelled_step_is_not_applied(runtime: OnnxRuntime) -> None:
@@ -199,9 +199,9 @@ async def test_a_cancelled_step_is_not_applied(runtime: OnnxRuntime) -> None:
     batcher = make_batcher(runtime, store, delay=0.2)
     batcher.start()
     sid = (await store.create(ttl_s=60)).session_id
-    task = asyncio.ensure_future(batcher.submit(Step(ids=ids(3), session_id=sid)))
+    task = asyncio.ensure_future(batcher.submit(WorkItem(ids=ids(3), session_id=sid)))
     await asyncio.sleep(0.01)  # queued, waiting for its batch to fill
     task.cancel()
-    ok = await batcher.submit(Step(ids=ids(1), session_id=sid))
+    ok = await batcher.submit(WorkItem(ids=ids(1), session_id=sid))
     assert ok.position == 1  # only the second step was applied
     await batcher.stop()

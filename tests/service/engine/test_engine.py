@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.app import Serving
 from service.engine.engine import Engine
 from service.engine.state_io import PortableState
 from service.errors import (
@@ -24,10 +25,9 @@ from service.errors import (
     StateMismatch,
     StateStoreUnavailable,
 )
-from service.metrics import Metrics
 from tests.factories import TEST_VOCAB
 from tests.redis_server import free_port
-from tests.service.conftest import SettingsFactory
+from tests.service.conftest import SettingsFactory, read_state
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer"
 
@@ -44,13 +44,14 @@ def assert_same(a: list, b: list) -> None:  # type: ignore[type-arg]
 
 
 async def test_not_ready_before_start_and_draining_after(make_settings: SettingsFactory) -> None:
-    eng = Engine(make_settings(), Metrics())
+    serving = Serving(make_settings())
+    eng = serving.engine
     assert not eng.ready
     with pytest.raises(NotReady):
         await eng.predict(text="a")
-    await eng.start()
-    assert eng.ready and eng.runtime.runs >= 4  # warmed up: three shapes plus one batch
-    await eng.drain()
+    await serving.start()
+    assert eng.ready and eng.stats().model_runs >= 4  # warmed up: three shapes plus one batch
+    await serving.stop()
     assert not eng.ready
     with pytest.raises(Draining):
         await eng.predict(text="a")
@@ -66,7 +67,7 @@ async def test_pieces_equal_whole_text(engine: Engine) -> None:
 
 
 async def test_text_and_tokens_are_the_same_input(engine: Engine) -> None:
-    tok = engine.metadata.tokenizer
+    tok = engine.model.metadata.tokenizer
     by_text = await engine.predict(text="ROMEO:", top_k=5)
     by_ids = await engine.predict(tokens=[int(i) for i in tok.encode("ROMEO:")], top_k=5)
     assert by_text == by_ids
@@ -74,7 +75,7 @@ async def test_text_and_tokens_are_the_same_input(engine: Engine) -> None:
 
 async def test_invalid_input_changes_nothing(engine: Engine) -> None:
     record, _ = await engine.create_session(text="Hello")
-    _, h_before, _ = await engine.store.get_state(record.session_id)
+    _, h_before, _ = await read_state(engine, record.session_id)
     sid = record.session_id
     with pytest.raises(InvalidToken) as info:
         await engine.session_predict(sid, text="abcé")
@@ -87,22 +88,22 @@ async def test_invalid_input_changes_nothing(engine: Engine) -> None:
     with pytest.raises(InvalidInput):
         await engine.session_predict(sid, text="")
     with pytest.raises(InvalidInput) as too_long:
-        await engine.session_predict(sid, text="a" * (engine.settings.max_text_length + 1))
+        await engine.session_predict(sid, text="a" * (engine.config.max_text_length + 1))
     assert too_long.value.code == "text_too_long"
     with pytest.raises(PositionConflict):
         await engine.session_predict(sid, text="x", expected_position=4)
-    after, h_after, _ = await engine.store.get_state(sid)
+    after, h_after, _ = await read_state(engine, sid)
     assert after.position == 5 and after.version == record.version
     np.testing.assert_array_equal(h_before, h_after)
 
 
 async def test_a_failed_priming_leaves_no_session(engine: Engine) -> None:
-    count = await engine.store.count()
+    count = (await engine.session_stats()).active
     with pytest.raises(InvalidToken):
         await engine.create_session(text="naïve")
     with pytest.raises(InvalidInput):
-        await engine.create_session(ttl_s=engine.settings.max_session_ttl_s * 2)
-    assert await engine.store.count() == count
+        await engine.create_session(ttl_s=engine.config.max_session_ttl_s * 2)
+    assert (await engine.session_stats()).active == count
 
 
 async def test_requests_to_one_session_apply_in_arrival_order(engine: Engine) -> None:
@@ -113,7 +114,7 @@ async def test_requests_to_one_session_apply_in_arrival_order(engine: Engine) ->
         *(engine.session_predict(sid, text="ab", expected_position=2 * i) for i in range(30))
     )
     assert [r.record.position for r in results] == [2 * (i + 1) for i in range(30)]
-    assert len(engine._locks) == 0  # per-session locks are dropped once idle
+    assert engine.stats().busy_sessions == 0  # per-session locks are dropped once idle
 
 
 async def test_fork_branches_and_leaves_the_source_alone(engine: Engine) -> None:
@@ -144,7 +145,7 @@ async def test_export_then_import_continues_exactly(engine: Engine) -> None:
 async def test_import_refuses_foreign_or_corrupt_states(engine: Engine) -> None:
     src, _ = await engine.create_session(text="abc")
     good = await engine.export_state(src.session_id)
-    count = await engine.store.count()
+    count = (await engine.session_stats()).active
     bad = [
         (PortableState("sha256:other", 3, good.shape, good.dtype, good.h, good.c), StateMismatch),
         (PortableState(good.model_fingerprint, 3, (2, 32), good.dtype, good.h, good.c), StateMismatch),
@@ -166,7 +167,7 @@ async def test_import_refuses_foreign_or_corrupt_states(engine: Engine) -> None:
     for state, error in bad:
         with pytest.raises(error):
             await engine.create_session(state=state)
-    assert await engine.store.count() == count
+    assert (await engine.session_stats()).active == count
 
 
 async def test_delete_and_reset(engine: Engine) -> None:
@@ -182,17 +183,19 @@ async def test_delete_and_reset(engine: Engine) -> None:
 
 
 async def test_model_info(engine: Engine) -> None:
-    info = await engine.model_info()
-    assert info["provider"] == "cpu" and info["layers"] == 2 and info["hidden_size"] == 16
-    assert info["vocabulary"] == "".join(sorted(TEST_VOCAB))
-    assert info["sessions"]["state_bytes"] == 2 * 2 * 16 * 4
+    info = engine.model  # typed facts; GET /v1/model builds its document from them (tests/service/api)
+    cfg = info.metadata.config
+    assert info.provider == "cpu" and cfg.num_layers == 2 and cfg.hidden_size == 16
+    assert "".join(info.metadata.tokenizer.chars) == "".join(sorted(TEST_VOCAB))
+    assert info.state_bytes == 2 * 2 * 16 * 4 and info.state_shape == (2, 16)
 
 
 def test_pieces_equal_whole_text_for_any_split(make_settings: SettingsFactory) -> None:
     """Hypothesis: random texts, random split points; also with other sessions in the same batches."""
     with asyncio.Runner() as runner:
-        eng = Engine(make_settings(max_batch_delay_ms=1.0), Metrics())
-        runner.run(eng.start())
+        serving = Serving(make_settings(max_batch_delay_ms=1.0))
+        eng = serving.engine
+        runner.run(serving.start())
 
         async def check(text: str, cuts: list[int], noise: list[str]) -> None:
             whole = await eng.predict(text=text, top_k=76)
@@ -228,18 +231,19 @@ def test_pieces_equal_whole_text_for_any_split(make_settings: SettingsFactory) -
         examples: list[str] = []
         prop()
         assert len(examples) >= 20  # hypothesis really ran many texts
-        runner.run(eng.drain())
+        runner.run(serving.stop())
 
 
 async def test_the_redis_backend_starts_without_redis_and_reports_it_unavailable(
     make_settings: SettingsFactory,
 ) -> None:
     # Nothing listens on this port: the model still loads (readiness then waits for the store), requests get 503.
-    eng = Engine(make_settings(state_backend="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0"), Metrics())
-    await eng.start()
+    serving = Serving(make_settings(state_backend="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    eng = serving.engine
+    await serving.start()
     try:
         assert eng.ready and not eng.store_available
         with pytest.raises(StateStoreUnavailable):
             await eng.create_session()
     finally:
-        await eng.drain()
+        await serving.stop()

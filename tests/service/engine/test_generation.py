@@ -10,7 +10,7 @@ from contextlib import aclosing
 import numpy as np
 import pytest
 
-from service.engine.batcher import Step
+from service.app import Serving
 from service.engine.engine import Engine
 from service.engine.generation import Finished, GenerationParams, Generator, Token
 from service.engine.runtime import OnnxRuntime
@@ -44,9 +44,9 @@ async def stateless(generator: Generator, params: GenerationParams, text: str = 
 
 async def test_greedy_is_the_argmax_of_every_step(engine: Engine, generator: Generator) -> None:
     result = await stateless(generator, generator.params(max_tokens=40, temperature=0))
-    prompt = engine.metadata.tokenizer.encode(PROMPT)
-    assert list(result.tokens) == greedy_reference(engine.runtime, prompt, 40)
-    assert result.text == engine.metadata.tokenizer.decode(result.tokens)
+    prompt = engine.model.metadata.tokenizer.encode(PROMPT)
+    assert list(result.tokens) == greedy_reference(OnnxRuntime(engine.model.path, "cpu"), prompt, 40)
+    assert result.text == engine.model.metadata.tokenizer.decode(result.tokens)
     assert (result.finish_reason, result.position, result.prompt_tokens) == ("length", len(PROMPT) + 40, len(PROMPT))
 
 
@@ -116,14 +116,15 @@ def test_parameters_are_checked(generator: Generator, field: str, value: object)
 
 
 async def test_defaults_respect_the_limit(make_settings: SettingsFactory) -> None:
-    eng = Engine(make_settings(max_generate_tokens=20), Metrics())
-    await eng.start()
+    serving = Serving(make_settings(max_generate_tokens=20))
+    eng = serving.engine
+    await serving.start()
     try:
         params = Generator(eng).params()
         assert params.max_tokens == 20 and params.temperature == 1.0 and 0 <= params.seed < 2**64
         assert Generator(eng).params().seed != params.seed  # drawn per request when not given
     finally:
-        await eng.drain()
+        await serving.stop()
 
 
 async def test_unknown_session_is_refused_before_streaming(generator: Generator) -> None:
@@ -164,9 +165,10 @@ async def test_closing_at_an_unconfirmed_token_rolls_it_back(engine: Engine, gen
     assert engine.metrics.streams_in_progress._value.get() == 0
 
 
-async def test_a_step_cancelled_while_its_batch_runs_writes_nothing(engine: Engine) -> None:
+async def test_a_step_cancelled_while_its_batch_runs_writes_nothing(serving: Serving) -> None:
+    engine = serving.engine
     record, _ = await engine.create_session(text=PROMPT)
-    runtime = engine.runtime
+    runtime = serving.runtime
     started, release = threading.Event(), threading.Event()
     real_run = runtime.run
 
@@ -177,27 +179,26 @@ async def test_a_step_cancelled_while_its_batch_runs_writes_nothing(engine: Engi
 
     runtime.run = slow_run  # type: ignore[method-assign,assignment]
     try:
-        step = asyncio.create_task(
-            engine.batcher.submit(Step(ids=np.array([3]), session_id=record.session_id, kind="generated"))
-        )
+        step = asyncio.create_task(engine.step(np.array([3]), session_id=record.session_id, kind="generated"))
         await asyncio.to_thread(started.wait, 5)
         step.cancel()  # the client went away while ONNX Runtime ran its batch
         release.set()
         with pytest.raises(asyncio.CancelledError):
             await step
-        await engine.batcher.submit(Step(ids=np.array([1])))  # the batch has finished
+        await engine.step(np.array([1]))  # the batch has finished
     finally:
         runtime.run = real_run  # type: ignore[method-assign]
     assert (await engine.get_session(record.session_id)).position == len(PROMPT)
 
 
 async def test_many_streams_advance_together_in_shared_batches(make_settings: SettingsFactory) -> None:
-    eng = Engine(make_settings(max_batch_size=64, max_batch_delay_ms=0), Metrics())
-    await eng.start()
+    serving = Serving(make_settings(max_batch_size=64, max_batch_delay_ms=0))
+    eng = serving.engine
+    await serving.start()
     try:
         generator = Generator(eng)
         params = [generator.params(max_tokens=30, temperature=0.8, seed=s) for s in range(64)]
-        batches, runs = eng.batcher.batches, eng.runtime.runs
+        batches, runs = eng.stats().batches, eng.stats().model_runs
 
         async def one(p: GenerationParams) -> Finished:
             return await stateless(generator, p)
@@ -206,8 +207,8 @@ async def test_many_streams_advance_together_in_shared_batches(make_settings: Se
         tokens = sum(len(r.tokens) for r in results)
         assert tokens == 64 * 30
         # One step per stream per batch: about max_tokens + 1 batches in all, not one per token.
-        assert eng.batcher.batches - batches < tokens / 8
-        assert eng.runtime.runs - runs < tokens / 8
+        assert eng.stats().batches - batches < tokens / 8
+        assert eng.stats().model_runs - runs < tokens / 8
         metrics = eng.metrics
         assert sample(metrics, "lstm_serve_tokens_total", kind="generated") == tokens
         assert sample(metrics, "lstm_serve_time_to_first_token_seconds_count") == 64
@@ -216,7 +217,7 @@ async def test_many_streams_advance_together_in_shared_batches(make_settings: Se
         # Each stream's tokens are what it would have generated alone.
         assert (await one(params[17])).tokens == results[17].tokens
     finally:
-        await eng.drain()
+        await serving.stop()
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.app import Serving
 from service.engine.engine import Engine
 from service.engine.inspection import Inspector
 from service.errors import InvalidInput, SessionNotFound
-from service.metrics import Metrics
-from tests.service.conftest import SettingsFactory
+from tests.service.conftest import SettingsFactory, read_state
 
 TEXT = "To be, or not"
 
@@ -28,11 +28,11 @@ def assert_gate_equations(layers: list, h0: np.ndarray, c0: np.ndarray) -> None:
 async def test_session_inspection_matches_the_served_model(engine: Engine) -> None:
     inspector = Inspector(engine)
     record, _ = await engine.create_session(text="ROMEO:\n")
-    _, h0, c0 = await engine.store.get_state(record.session_id)
+    _, h0, c0 = await read_state(engine, record.session_id)
     result = await inspector.inspect(session_id=record.session_id, text=TEXT, top=76)
     # The reference's final state and logits are ONNX Runtime's (float64 against float32).
     assert max(result.deviation.values()) < 1e-4
-    _, h, c = await engine.store.get_state(record.session_id)
+    _, h, c = await read_state(engine, record.session_id)
     np.testing.assert_allclose(np.stack([g.h[-1] for g in result.layers]), h, atol=1e-4)
     np.testing.assert_allclose(np.stack([g.c[-1] for g in result.layers]), c, atol=1e-4)
     assert result.start_position == 7 and result.position == 7 + len(TEXT)
@@ -53,18 +53,20 @@ async def test_stateless_inspection(engine: Engine) -> None:
 
 
 async def test_peephole_model(make_settings: SettingsFactory, tiny_peephole_model_path: Path) -> None:
-    eng = Engine(make_settings(model_path=tiny_peephole_model_path), Metrics())
-    await eng.start()
+    serving = Serving(make_settings(model_path=tiny_peephole_model_path))
+    eng = serving.engine
+    await serving.start()
     try:
         result = await Inspector(eng).inspect(text=TEXT)
         assert max(result.deviation.values()) < 1e-4
     finally:
-        await eng.drain()
+        await serving.stop()
 
 
 async def test_limits_and_errors(make_settings: SettingsFactory) -> None:
-    eng = Engine(make_settings(max_inspect_length=4), Metrics())
-    await eng.start()
+    serving = Serving(make_settings(max_inspect_length=4))
+    eng = serving.engine
+    await serving.start()
     try:
         inspector = Inspector(eng)
         with pytest.raises(InvalidInput) as info:
@@ -75,4 +77,4 @@ async def test_limits_and_errors(make_settings: SettingsFactory) -> None:
         with pytest.raises(InvalidInput):
             await inspector.inspect()
     finally:
-        await eng.drain()
+        await serving.stop()

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.engine.engine import Engine
+from service.app import Serving
 from service.engine.runtime import ModelLoadError
-from service.metrics import Metrics
 from tests.service.conftest import SettingsFactory
 
 
@@ -24,16 +23,18 @@ def truncated_copy(path: Path, to: Path) -> Path:
 
 async def test_matching_sha256_starts(make_settings: SettingsFactory, tiny_model_path: Path) -> None:
     digest = sha256_of(tiny_model_path).upper()  # hex case does not matter
-    engine = Engine(make_settings(model_sha256=digest), Metrics())
-    await engine.start()
+    serving = Serving(make_settings(model_sha256=digest))
+    engine = serving.engine
+    await serving.start()
     assert engine.ready
-    await engine.drain()
+    await serving.stop()
 
 
 async def test_mismatched_sha256_stops_the_start(make_settings: SettingsFactory) -> None:
-    engine = Engine(make_settings(model_sha256="0" * 64), Metrics())
+    serving = Serving(make_settings(model_sha256="0" * 64))
+    engine = serving.engine
     with pytest.raises(ModelLoadError, match=r"SHA-256 \w+, not the expected 0000"):
-        await engine.start()
+        await serving.start()
     assert not engine.ready
 
 
@@ -41,9 +42,9 @@ async def test_corrupt_model_stops_the_start_with_a_clear_message(
     make_settings: SettingsFactory, tiny_model_path: Path, tmp_path: Path
 ) -> None:
     corrupt = truncated_copy(tiny_model_path, tmp_path / "corrupt.onnx")
-    engine = Engine(make_settings(model_path=corrupt), Metrics())
+    serving = Serving(make_settings(model_path=corrupt))
     with pytest.raises(ModelLoadError, match=r"corrupt\.onnx"):
-        await engine.start()
+        await serving.start()
 
 
 def test_bad_sha256_setting_is_refused(make_settings: SettingsFactory) -> None:

@@ -7,16 +7,16 @@ from contextlib import aclosing
 
 import pytest
 
-from service.engine.engine import Engine
+from service.app import Serving
 from service.engine.generation import Generator
 from service.errors import TooManyStreams
-from service.metrics import Metrics
 from tests.service.conftest import SettingsFactory
 
 
 async def test_streams_per_key(make_settings: SettingsFactory) -> None:
-    engine = Engine(make_settings(max_streams_per_key=2), Metrics())
-    await engine.start()
+    serving = Serving(make_settings(max_streams_per_key=2))
+    engine = serving.engine
+    await serving.start()
     try:
         generator = Generator(engine)
         params = generator.params(max_tokens=50, seed=1)
@@ -32,4 +32,4 @@ async def test_streams_per_key(make_settings: SettingsFactory) -> None:
             assert (await anext(again)).position == 2
         await running[1].aclose()
     finally:
-        await engine.drain()
+        await serving.stop()

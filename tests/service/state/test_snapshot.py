@@ -18,9 +18,7 @@ from service.state.memory import MemoryStateStore
 from service.state.snapshot import (
     SnapshotError,
     Snapshotter,
-    capture,
     read_snapshot,
-    restore,
     write_snapshot,
 )
 from service.state.store import SessionRecord
@@ -50,11 +48,11 @@ async def test_round_trip_keeps_ids_records_states_and_versions(tmp_path: Path) 
     saved = await store.save_many([recs[1].session_id], one, one * 2, [10], [recs[1].version])
     recs[1] = saved[0]  # type: ignore[assignment]
     path = tmp_path / "sessions.snapshot"
-    write_snapshot(capture(store, FP), path)
+    write_snapshot(store.to_snapshot(FP), path)
     assert names(tmp_path) == ["sessions.snapshot"]  # no temporary file left behind
 
     fresh = MemoryStateStore(L, H, 8)
-    result = restore(fresh, read_snapshot(path, FP, (L, H)), time.time())
+    result = fresh.load_snapshot(read_snapshot(path, FP, (L, H)), time.time())
     assert (result.restored, result.expired, result.dropped) == (3, 0, 0)
     for rec in recs:
         got, h, c = await fresh.get_state(rec.session_id)
@@ -81,10 +79,10 @@ async def test_restore_skips_expired_and_keeps_the_most_recent_within_max_sessio
     now[0] += 2
     await store.sweep_expired()  # `gone` is remembered as expired
     path = tmp_path / "s.npz"
-    write_snapshot(capture(store, FP), path)
+    write_snapshot(store.to_snapshot(FP), path)
     now[0] += 10  # the downtime: `short` expires meanwhile
     small = MemoryStateStore(L, H, 2, clock=lambda: now[0])
-    result = restore(small, read_snapshot(path, FP, (L, H)), now[0])
+    result = small.load_snapshot(read_snapshot(path, FP, (L, H)), now[0])
     assert (result.restored, result.expired, result.dropped) == (2, 1, 1)
     assert {r for r in small._slot_of} == set(ids[1:])  # the two most recently used
     for sid, reason in ((short.session_id, "ttl"), (ids[0], "capacity"), (gone.session_id, "ttl")):
@@ -98,7 +96,7 @@ async def test_restore_skips_expired_and_keeps_the_most_recent_within_max_sessio
 async def test_a_failed_write_leaves_the_previous_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store, recs = await filled()
     path = tmp_path / "sessions.snapshot"
-    write_snapshot(capture(store, FP), path)
+    write_snapshot(store.to_snapshot(FP), path)
     before = path.read_bytes()
     await store.create(ttl_s=60)
 
@@ -108,7 +106,7 @@ async def test_a_failed_write_leaves_the_previous_snapshot(tmp_path: Path, monke
 
     monkeypatch.setattr(np, "savez", broken)
     with pytest.raises(OSError):
-        write_snapshot(capture(store, FP), path)
+        write_snapshot(store.to_snapshot(FP), path)
     assert path.read_bytes() == before
     assert names(tmp_path) == ["sessions.snapshot"]
     monkeypatch.undo()
@@ -121,7 +119,7 @@ async def test_a_corrupt_snapshot_is_moved_aside_and_the_store_starts_empty(
 ) -> None:
     store, _ = await filled()
     path = tmp_path / "sessions.snapshot"
-    write_snapshot(capture(store, FP), path)
+    write_snapshot(store.to_snapshot(FP), path)
     data = path.read_bytes()
     if damage == "garbage":
         path.write_bytes(b"\x00not a zip at all" * 10)
@@ -130,7 +128,7 @@ async def test_a_corrupt_snapshot_is_moved_aside_and_the_store_starts_empty(
     elif damage == "empty":
         path.write_bytes(b"")
     else:  # readable, but the arrays disagree
-        snap = capture(store, FP)
+        snap = store.to_snapshot(FP)
         write_snapshot(
             snapshot_module.Snapshot(
                 **{**{f: getattr(snap, f) for f in snap.__slots__}, "position": snap.position[:1]}
@@ -151,7 +149,7 @@ async def test_a_corrupt_snapshot_is_moved_aside_and_the_store_starts_empty(
 async def test_a_snapshot_of_another_model_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store, _ = await filled()
     path = tmp_path / "sessions.snapshot"
-    write_snapshot(capture(store, FP), path)
+    write_snapshot(store.to_snapshot(FP), path)
     for fingerprint, shape in (("sha256:" + "34" * 32, (L, H)), (FP, (L, H + 1))):
         with pytest.raises(SnapshotError) as info:
             read_snapshot(path, fingerprint, shape)

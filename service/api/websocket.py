@@ -26,9 +26,9 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service.api.access import SessionPath, caller_of, check_owner
-from service.api.deps import GeneratorDep
+from service.api.deps import EngineDep, GeneratorDep, SettingsDep
 from service.api.errors import error_payload
-from service.api.generate import NativeEvents
+from service.api.generate import NativeEvents, sampling_params
 from service.api.schemas import SessionPredictRequest, TokenProbability
 from service.api.schemas_generate import GenerateFrame
 from service.engine.engine import Engine
@@ -49,8 +49,9 @@ class _Flooded(Exception):
 
 
 @router.websocket("/v1/sessions/{id}/stream")
-async def session_stream(websocket: WebSocket, session_id: SessionPath, generator: GeneratorDep) -> None:
-    engine: Engine = websocket.app.state.engine
+async def session_stream(
+    websocket: WebSocket, session_id: SessionPath, engine: EngineDep, generator: GeneratorDep, settings: SettingsDep
+) -> None:
     await websocket.accept()
     try:
         check_owner(websocket, session_id)  # another key's session is "not found", as on every route
@@ -61,7 +62,7 @@ async def session_stream(websocket: WebSocket, session_id: SessionPath, generato
         return
     frames: asyncio.Queue[str | bytes] = asyncio.Queue(MAX_QUEUED_FRAMES)
     reader = asyncio.create_task(_read(websocket, frames))
-    server = asyncio.create_task(_serve(websocket, frames, engine, generator, session_id))
+    server = asyncio.create_task(_serve(websocket, frames, engine, generator, session_id, settings.max_request_bytes))
     try:
         await asyncio.wait({reader, server}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -100,9 +101,13 @@ async def _read(websocket: WebSocket, frames: asyncio.Queue[str | bytes]) -> Non
 
 
 async def _serve(
-    websocket: WebSocket, frames: asyncio.Queue[str | bytes], engine: Engine, generator: Generator, session_id: str
+    websocket: WebSocket,
+    frames: asyncio.Queue[str | bytes],
+    engine: Engine,
+    generator: Generator,
+    session_id: str,
+    limit: int,
 ) -> None:
-    limit = engine.settings.max_request_bytes
     while True:
         frame = await frames.get()
         try:
@@ -135,7 +140,7 @@ async def _handle(
     if "generate" in data:
         fields = GenerateFrame.model_validate(data).generate
         plan = await generator.prepare(
-            fields.params(generator),
+            sampling_params(generator, fields),
             session_id=session_id,
             text=fields.text,
             tokens=fields.tokens,
