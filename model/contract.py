@@ -309,6 +309,9 @@ def _check_state(runner: _Runner, report: Report) -> None:
     b, t = 2, sum(CHUNKS)
     ids, h0, c0 = runner.ids(b, t), runner.state(b, 0.5), runner.state(b, 0.5)
     logits, hn, cn = runner.run(ids, h0, c0)
+    for name, out, fed in (("hn", hn, "h0"), ("cn", cn, "c0")):
+        if _close(out, h0 if fed == "h0" else c0):
+            report.add(_out(name), f"equals {fed} after {t} tokens: the state does not advance")
     zero = runner.state(b)
     for name, feeds in (("h0", (ids, zero, c0)), ("c0", (ids, h0, zero))):
         other = runner.run(*feeds)

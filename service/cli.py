@@ -26,7 +26,6 @@ def _train(args: argparse.Namespace) -> int:
         load_text_corpus,
         plays_description,
     )
-    from model.train import TrainConfig, train
 
     vocab_text = None
     try:
@@ -44,6 +43,8 @@ def _train(args: argparse.Namespace) -> int:
     except CorpusError as exc:
         print(f"lstm-serve train: {exc}", file=sys.stderr)
         return 2
+    from model.train import TrainConfig, train  # torch: imported once the text is known to be usable
+
     cfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
