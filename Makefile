@@ -6,7 +6,8 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # Debian packages the tests run for real: Redis for the shared state store, promtool for the Prometheus configs,
-# nginx for the compose file's session-hash proxy, docker-compose to validate the compose file (no engine needed).
+# nginx for the compose file's session-hash proxy, docker-compose to validate the compose file (no engine needed),
+# chromium and chromium-driver for the playground's browser tests (Selenium, headless).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint system-deps venv dev train export evaluate bench clean
@@ -33,6 +34,7 @@ system-deps:
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || missing="$$missing chromium chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \

@@ -1,0 +1,1 @@
+"""The playground page served at GET / (see routes.py)."""
