@@ -17,8 +17,9 @@ from fastapi.security import HTTPBearer
 
 from service import __version__
 from service.api import errors, generate, health, inspect, model_info, openai, predict, sessions, v2, websocket
-from service.api.access import AccessMiddleware, TimeoutMiddleware
-from service.api.middleware import BodyLimitMiddleware, RequestLogMiddleware
+from service.api.access import AccessMiddleware
+from service.api.middleware import BodyLimitMiddleware, RequestLogMiddleware, TimeoutMiddleware
+from service.api.playground import routes as playground
 from service.config import Settings
 from service.engine.engine import Engine
 from service.engine.generation import Generator
@@ -181,6 +182,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (predict, sessions, generate, websocket, inspect, openai, v2, model_info):
         app.include_router(module.router, dependencies=guard)
     app.include_router(health.router)
+    app.include_router(playground.router)  # GET / and its static files: open, like /docs
     errors.install(app, engine.metrics)
     # Added last = outermost: the request log sees every answer, the 401s, 413s and 504s included; keys are
     # checked before the timeout starts and before a byte of the body is read.

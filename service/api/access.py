@@ -1,4 +1,4 @@
-"""Who is calling, and what they may reach: API keys, per-key rate limits, session ownership, the request timeout.
+"""Who is calling, and what they may reach: API keys, per-key rate limits, session ownership.
 
 `AccessMiddleware` guards every /v1 and /v2 route (HTTP and WebSocket): no or a wrong `Authorization: Bearer`
 key is answered 401 before routing, a key over its rate 429 `rate_limited` with Retry-After. The caller's
@@ -9,16 +9,16 @@ principal in their id (service/state/store.py), so `SessionId` answers another k
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated
 
 from fastapi import Depends, Path
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.errors import ErrorJSONResponse, engine_error_response, error_response, v2_error
-from service.errors import RequestTimeout, SessionNotFound
+from service.api.errors import ErrorJSONResponse, error_response
+from service.api.v2_errors import v2_error
+from service.errors import SessionNotFound
 from service.metrics import Metrics
 from service.security.keys import ANONYMOUS, KeyRing, bearer_token
 from service.security.ratelimit import RateLimiter, retry_after_header
@@ -112,43 +112,6 @@ class AccessMiddleware:
             await send({"type": "websocket.http.response.body", "body": bytes(response.body)})
         else:
             await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": "a valid API key is required"})
-
-
-class TimeoutMiddleware:
-    """504 `request_timeout` for an HTTP request whose response has not started within `timeout_s`.
-
-    The request is cancelled, which the engine treats as a client that went away: its queued work is skipped and
-    a batch already running writes nothing for it, so a timed-out request changes nothing. Once a response has
-    started (a stream), the timeout is lifted: streams are bounded by max_generate_tokens.
-    """
-
-    def __init__(self, app: ASGIApp, timeout_s: float, metrics: Metrics) -> None:
-        self.app = app
-        self.timeout_s = timeout_s
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.timeout_s or not guarded(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        started = False
-        deadline = asyncio.timeout(self.timeout_s)
-
-        async def send_started(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start" and not started:
-                started = True
-                deadline.reschedule(None)
-            await send(message)
-
-        try:
-            async with deadline:
-                await self.app(scope, receive, send_started)
-        except TimeoutError:
-            if not deadline.expired() or started:
-                raise  # a TimeoutError of the app's own, or one after the answer began: not ours to answer
-            self.metrics.rejections.labels("request_timeout").inc()
-            await engine_error_response(RequestTimeout(self.timeout_s))(scope, receive, send)
 
 
 # ---- what routes read ------------------------------------------------------------------------------------------

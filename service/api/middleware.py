@@ -1,8 +1,9 @@
-"""Pure ASGI middleware (not BaseHTTPMiddleware, so streaming responses pass through untouched):
-request log + metrics, and the request-body size limit."""
+"""Pure ASGI middleware (not BaseHTTPMiddleware, so streaming responses pass through untouched): request log +
+metrics, the request-body size limit, and the request timeout. The API-key check is access.py's AccessMiddleware."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -10,6 +11,9 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.access import guarded
+from service.api.errors import engine_error_response
+from service.errors import RequestTimeout
 from service.metrics import Metrics
 
 log = logging.getLogger("service.access")
@@ -100,3 +104,40 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited, send)
+
+
+class TimeoutMiddleware:
+    """504 `request_timeout` for an HTTP request whose response has not started within `timeout_s`.
+
+    The request is cancelled, which the engine treats as a client that went away: its queued work is skipped and
+    a batch already running writes nothing for it, so a timed-out request changes nothing. Once a response has
+    started (a stream), the timeout is lifted: streams are bounded by max_generate_tokens.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float, metrics: Metrics) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.timeout_s or not guarded(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        started = False
+        deadline = asyncio.timeout(self.timeout_s)
+
+        async def send_started(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                deadline.reschedule(None)
+            await send(message)
+
+        try:
+            async with deadline:
+                await self.app(scope, receive, send_started)
+        except TimeoutError:
+            if not deadline.expired() or started:
+                raise  # a TimeoutError of the app's own, or one after the answer began: not ours to answer
+            self.metrics.rejections.labels("request_timeout").inc()
+            await engine_error_response(RequestTimeout(self.timeout_s))(scope, receive, send)

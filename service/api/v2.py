@@ -20,7 +20,7 @@ from model.onnx_meta import ModelMetadata
 from service import __version__
 from service.api.access import caller_of
 from service.api.deps import EngineDep, SequencesDep
-from service.api.errors import ErrorJSONResponse, v2_error, v2_error_response
+from service.api.errors import ErrorJSONResponse
 from service.api.schemas import ErrorResponse
 from service.api.v2_codec import (
     HEADER_LENGTH_HEADER,
@@ -31,6 +31,7 @@ from service.api.v2_codec import (
     parse_infer_request,
     select_outputs,
 )
+from service.api.v2_errors import v2_error, v2_error_response
 from service.engine.engine import Engine
 from service.engine.sequences import Sequences, sequence_key
 from service.errors import EngineError, UnknownModel
