@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +191,64 @@ def _replace_section(text: str, heading: str, body: str) -> str:
         return text
     end = text.find("\n## ", start + 1)
     return text[: start + 1] + body + (text[end + 1 :] if end >= 0 else "")
+
+
+PRECISION_BEGIN = "<!-- precision: written by `lstm-serve quantize --card` -->"
+PRECISION_END = "<!-- /precision -->"
+
+
+def precision_section(fp32: Path, int8: Path, speeds: dict[str, dict[int, float]], machine: str) -> str:
+    """The card's fp32-against-int8 section: files, fingerprints, held-out losses and raw ONNX Runtime speeds."""
+    from model.quantize import MAX_LOSS_INCREASE, read_props
+
+    props = {"fp32": read_props(fp32), "int8": read_props(int8)}
+    loss = {k: float(p["val_loss"]) if p.get("val_loss") else None for k, p in props.items()}
+    size = {"fp32": fp32.stat().st_size / 1e6, "int8": int8.stat().st_size / 1e6}
+
+    def shown(v: float | None) -> str:
+        return "not measured" if v is None else f"{v:.4f}"
+
+    delta = f" ({loss['int8'] - loss['fp32']:+.4f})" if loss["int8"] is not None and loss["fp32"] is not None else ""
+    rows = [
+        f"| file | `{fp32.name}` ({size['fp32']:.1f} MB) | `{int8.name}` ({size['int8']:.1f} MB) |",
+        f"| fingerprint | `{props['fp32']['fingerprint']}` | `{props['int8']['fingerprint']}` |",
+        f"| validation loss (nats/char) | {shown(loss['fp32'])} | {shown(loss['int8'])}{delta} |",
+    ]
+    for b in sorted(speeds.get("fp32", {})):
+        f, q = speeds["fp32"][b], speeds["int8"][b]
+        rows.append(f"| raw ONNX Runtime, batch {b} (tokens/s) | {f:,.0f} | {q:,.0f} ({q / f:.1f}x) |")
+    body = "\n".join(rows)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return f"""{PRECISION_BEGIN}
+## Precision: fp32 and int8
+`{int8.name}` is `{fp32.name}` through ONNX Runtime's dynamic int8 quantization
+(`lstm-serve quantize`, onnxruntime {ort.__version__}): each LSTM operator becomes `DynamicQuantizeLSTM`, its W and
+R stored as int8 with one symmetric scale per tensor and its input and state quantized to uint8 at every call; the
+embedding and the output layer stay float32. Its metadata records `quantization: int8`, the fp32 parent's
+fingerprint and both losses; its own fingerprint keeps the states of the two apart.
+
+| | fp32 (the reference) | int8 |
+|---|---|---|
+{body}
+
+Losses: `lstm-serve evaluate --model <file>` on the held-out text. Speeds: one-token steps with the state
+carried, CPU provider, one intra-op thread (the server's defaults), median step time, the two models measured in
+turns ({machine}; load average {load:.1f} during the run). On the CPU provider the server serves int8 when its
+loss is at most {MAX_LOSS_INCREASE} nats/char above fp32's; fp32 on CUDA, or with `LSTM_SERVE_PRECISION=fp32`.
+The int8 activations are quantized over each call's whole tensors, so its outputs also move (by that rounding, not
+more) with how a text is cut into calls and which other sessions share a batch; fp32's do not.
+{PRECISION_END}
+"""
+
+
+def write_precision_section(card: Path, section: str) -> None:
+    """Put `section` into the card: in place of an earlier one, else before the sample, else at the end."""
+    text = card.read_text()
+    start, end = text.find(PRECISION_BEGIN), text.find(PRECISION_END)
+    if start >= 0 and end > start:
+        text = text[:start] + section + text[end + len(PRECISION_END) + 1 :]
+    elif (at := text.find("\n## Sample")) >= 0:
+        text = text[: at + 1] + section + "\n" + text[at + 1 :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    card.write_text(text)

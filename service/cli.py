@@ -302,6 +302,91 @@ def _bench(args: argparse.Namespace) -> int:
     return bench(args)
 
 
+def _held_out_text(checkpoint: Path | None) -> str:
+    """The text the fp32 loss is measured on: the checkpoint's own held-out text where it keeps one, else the
+    held-out plays."""
+    import model.checkpoint
+    from model.corpus import load_corpus
+
+    loader = getattr(model.checkpoint, "load_validation_text", None)
+    text = loader(checkpoint) if loader is not None and checkpoint is not None else None
+    return str(text) if text is not None else load_corpus()[1]
+
+
+def _write_int8(src: Path, out: Path, val_text: str | None, card: Path | None) -> int:
+    """Quantize `src` into `out`, report both losses, and with `card` put both losses and speeds into it."""
+    from model.onnx_meta import ModelMetadataError
+    from model.quantize import QuantizeError, quantize_model
+
+    try:
+        q = quantize_model(src, out, val_text)
+    except (QuantizeError, ModelMetadataError, OSError) as exc:
+        print(f"lstm-serve quantize: {exc}", file=sys.stderr)
+        return 2
+    losses = "" if q.metadata.val_loss is None else f"; val loss {q.metadata.val_loss:.4f} nats/char"
+    if q.parent.val_loss is not None and q.loss_increase is not None:
+        losses += f" (fp32 {q.parent.val_loss:.4f}, {q.loss_increase:+.4f})"
+    print(f"quantized {src} -> {out} ({out.stat().st_size / 1e6:.1f} MB), {q.metadata.fingerprint}{losses}")
+    if card is not None:
+        from model.card import precision_section, write_precision_section
+        from model.machine import cpu_model
+        from model.quantize import raw_speed
+
+        speeds = raw_speed({"fp32": src, "int8": out})
+        write_precision_section(card, precision_section(src, out, speeds, cpu_model()))
+        ratios = ", ".join(f"batch {b} {speeds['int8'][b] / speeds['fp32'][b]:.1f}x" for b in speeds["fp32"])
+        print(f"int8 against fp32, raw ONNX Runtime: {ratios}; card {card}")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from model.quantize import int8_path
+
+    src = Path(args.model)
+    out = Path(args.out) if args.out else int8_path(src)
+    val_text = None
+    if not args.no_evaluate:
+        val_text = Path(args.text).read_text(encoding="utf-8") if args.text else _held_out_text(None)
+    return _write_int8(src, out, val_text, Path(args.card) if args.card else None)
+
+
+def _export_and_quantize(args: argparse.Namespace) -> int:
+    """`export`, then with --quantize int8 the int8 file beside the fp32 one, both in the model card."""
+    from model.quantize import int8_path
+
+    if args.quantize and getattr(args, "repository", None):
+        print(
+            "lstm-serve export: --quantize writes a file beside --out; it does not apply to --repository",
+            file=sys.stderr,
+        )
+        return 2
+    code = int(_export(args))
+    if code or not args.quantize:
+        return code
+    out = Path(args.out or BUNDLED_MODEL)
+    card = out.with_name("MODEL_CARD.md") if args.card is None else Path(args.card)
+    return _write_int8(out, int8_path(out), _held_out_text(Path(args.checkpoint)), card)
+
+
+def _add_quantize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    export = sub.choices["export"]
+    export.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="also write the int8 model beside --out (NAME.int8.onnx), evaluated, both in the model card",
+    )
+    export.set_defaults(func=_export_and_quantize)
+
+    p = sub.add_parser("quantize", help="fp32 ONNX -> dynamic int8 ONNX with its own metadata and measured loss")
+    p.add_argument("--model", default=str(BUNDLED_MODEL), help="the fp32 file from `lstm-serve export`")
+    p.add_argument("--out", default=None, help="default: NAME.int8.onnx beside --model")
+    p.add_argument("--text", default=None, help="held-out text file to measure the loss on (default: the plays)")
+    p.add_argument("--no-evaluate", action="store_true", help="record no loss (then never served by default)")
+    p.add_argument("--card", default=None, help="model card whose fp32/int8 section to write (losses, speeds)")
+    p.set_defaults(func=_quantize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lstm-serve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -371,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hash-key", help="print the api_key_file line of an API key (the key itself is not stored)")
     p.add_argument("key", nargs="?", default="-", help="the key, or - (default) to read it from standard input")
     p.set_defaults(func=_hash_key)
+    _add_quantize(sub)
     return parser
 
 
