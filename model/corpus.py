@@ -247,11 +247,11 @@ def split_text_files(
     if val_files:
         held: list[TextFile] = []
         for name in val_files:
-            f = by_path.get(Path(name).resolve())
-            if f is None:
+            wanted = Path(name).resolve()
+            matched = [f for p, f in by_path.items() if p == wanted or wanted in p.parents]  # a file or a folder
+            if not matched:
                 raise CorpusError(f"--val-files {name}: not one of the files given with --text")
-            if f not in held:
-                held.append(f)
+            held += [f for f in matched if f not in held]
         method = "files named by --val-files"
     elif sum(1 for f in files if f.text) > 1:
         held = choose_validation_files(files, val_fraction)

@@ -175,11 +175,23 @@ def _check_model(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from model.corpus import load_corpus
+    from model.corpus import CorpusError, load_corpus, read_text_files
     from model.evaluate import evaluate_onnx
+    from model.tokenizer import UnknownCharacterError
 
-    _, val_text = load_corpus()
-    ev = evaluate_onnx(Path(args.model), val_text)
+    try:
+        if args.text:
+            val_text = "\n".join(f.text for f in read_text_files(args.text) if f.text)
+        else:
+            _, val_text = load_corpus()
+        ev = evaluate_onnx(Path(args.model), val_text, batch=max(1, min(32, len(val_text) // 2)))
+    except (CorpusError, UnknownCharacterError) as exc:
+        where = f"the text of {' '.join(args.text)}" if args.text else "the held-out plays (give --text)"
+        print(
+            f"lstm-serve evaluate: {exc}" + (f" ({where})" if isinstance(exc, UnknownCharacterError) else ""),
+            file=sys.stderr,
+        )
+        return 2
     print(
         f"validation loss {ev.nats_per_char:.4f} nats/char ({ev.bits_per_char:.4f} bits/char) over "
         f"{ev.characters:,} held-out characters, {ev.seconds:.1f} s through ONNX Runtime"
@@ -391,8 +403,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lstm-serve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a CharLSTM on the plays (needs the train extra)")
+    p = sub.add_parser("train", help="train a CharLSTM on the plays or your own text (needs the train extra)")
     p.add_argument("--out", default=str(BUNDLED_CHECKPOINT), help="checkpoint path")
+    p.add_argument(
+        "--text",
+        nargs="+",
+        metavar="PATH",
+        default=None,
+        help="train on these UTF-8 files or directories of them (recursively, hidden files skipped) "
+        "instead of the plays",
+    )
+    p.add_argument(
+        "--val-files",
+        nargs="+",
+        metavar="PATH",
+        default=None,
+        help="with --text: the files held out for validation (default: whole files chosen by the SHA-256 of "
+        "their paths, about --val-fraction of the characters)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="with --text: the share held out for validation, the tail of a single file or about that share "
+        "of the characters in whole files (default 0.1)",
+    )
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=128)
@@ -428,8 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the ONNX file")
     p.set_defaults(func=_check_model)
 
-    p = sub.add_parser("evaluate", help="validation loss on the held-out plays through ONNX Runtime")
+    p = sub.add_parser("evaluate", help="validation loss on the held-out plays (or --text) through ONNX Runtime")
     p.add_argument("--model", default=str(BUNDLED_MODEL))
+    p.add_argument(
+        "--text", nargs="+", metavar="PATH", default=None, help="score on these UTF-8 files or folders instead"
+    )
     p.add_argument("--max-loss", type=float, default=None, help="exit 1 if the loss is above this")
     p.set_defaults(func=_evaluate)
 

@@ -86,6 +86,11 @@ def test_export_to_a_file_and_the_repository_flags(tmp_path: Path, capsys: pytes
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "one.onnx"), "--name", "one"]) == 0
     assert main(["check-model", str(tmp_path / "one.onnx")]) == 0
     capsys.readouterr()
+    assert main(["evaluate", "--model", str(tmp_path / "one.onnx"), "--text", str(text)]) == 0
+    assert "validation loss" in capsys.readouterr().out
+    (tmp_path / "other.txt").write_text("#!")
+    assert main(["evaluate", "--model", str(tmp_path / "one.onnx"), "--text", str(tmp_path / "other.txt")]) == 2
+    assert "character '#' (U+0023) at position 0 is not in the vocabulary" in capsys.readouterr().err
     repo = str(tmp_path / "repo")
     assert main(["export", "--checkpoint", str(ckpt), "--repository", repo]) == 2
     assert "--name is needed" in capsys.readouterr().err
@@ -199,3 +204,13 @@ def test_single_file_tail_and_vocabulary_from_all_the_text(tmp_path: Path) -> No
     )  # "A", "L" and "!" occur only in the held-out tail
     with pytest.raises(CorpusError, match="nothing to validate"):
         load_text_corpus([path], val_fraction=0.01)
+
+
+def test_val_files_may_name_a_folder(tmp_path: Path) -> None:
+    for part in ("train", "held"):
+        (tmp_path / part).mkdir()
+        for i in range(2):
+            (tmp_path / part / f"{i}.txt").write_text(f"{part} {i}\n" * 10)
+    corpus = load_text_corpus([tmp_path], val_files=[tmp_path / "held"])
+    assert [Path(p).parent.name for p in corpus.description["split"]["validation_files"]] == ["held", "held"]
+    assert "train" not in corpus.validation and "held" not in corpus.train
