@@ -185,6 +185,21 @@ def test_the_bundled_model_passes() -> None:
     _assert_ok(check_model(BUNDLED_MODEL))
 
 
+def test_int8_files_pass_within_their_quantization_and_broken_ones_still_fail(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    from model.quantize import BUNDLED_INT8_MODEL, quantize_model
+
+    _assert_ok(check_model(BUNDLED_INT8_MODEL))
+    int8 = tmp_path / "tiny.int8.onnx"
+    quantize_model(tiny_model_path, int8)
+    report = check_model(int8)
+    _assert_ok(report)
+    assert any("int8 file" in n for n in report.notes)
+    broken = check_model(_broken(int8, tmp_path, "int8-stuck", state_not_carried))
+    assert "output 'hn'" in broken.subjects() and "output 'logits'" in broken.subjects()
+
+
 def test_cli_exit_codes_and_output(tiny_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-model", str(tiny_model_path)]) == 0
     assert "OK, lstm-serve will serve it as tiny-test-lstm v0" in capsys.readouterr().out
