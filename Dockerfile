@@ -24,6 +24,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY model ./model
 COPY service ./service
+# Unset in a plain `docker build`. deploy/image/build.sh (buildah) sets them for this stage only, pointing at what
+# it mounts at build time, never into a layer: a CA bundle for pip to trust and a local wheel directory to install
+# from instead of the index.
+ARG PIP_CERT
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
 # lstm-serve:install — the serving install, exactly as a user runs it from a checkout (no extras).
 RUN pip install --no-cache-dir .
 
