@@ -7,10 +7,11 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # Debian packages the tests run for real: Redis for the shared state store, promtool for the Prometheus configs,
 # nginx for the compose file's session-hash proxy, docker-compose to validate the compose file (no engine needed),
-# chromium and chromium-driver for the playground's browser tests (Selenium, headless).
+# chromium and chromium-driver for the playground's browser tests (Selenium, headless), buildah and debootstrap to
+# build and run the container image without a Docker engine (`make image`, tests/deploy/test_image_build.py).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint system-deps venv dev train export evaluate bench clean
+.PHONY: run test lint system-deps venv dev train export evaluate bench clean image
 
 $(VENV)/.serve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +35,19 @@ system-deps:
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v buildah >/dev/null || missing="$$missing buildah"; \
+	command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
 	[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || missing="$$missing chromium chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+# The CPU image lstm-serve:<version>: `docker build` where a Docker engine answers, otherwise buildah on a local
+# Debian base (deploy/image/build.sh says how; IMAGE_BUILDER=docker|buildah chooses).
+image:
+	deploy/image/build.sh
 
 run: venv
 	$(PY) -m service --host $(HOST) --port $(PORT)
