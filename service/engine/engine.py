@@ -39,7 +39,7 @@ from service.engine.runtime import OnnxRuntime
 from service.engine.state_io import PortableState, export_state, import_state
 from service.engine.steps import SampleNext, StatelessRow, StepResult, TokenKind, check_position
 from service.engine.topk import TokenProb, top_k
-from service.errors import Draining, EngineError, InvalidInput, InvalidToken, NotReady, TooManySessions
+from service.errors import Draining, EngineError, InvalidInput, InvalidToken, NotReady
 from service.metrics import Metrics
 from service.session_ids import owner_of
 from service.state.store import EvictionReason, SessionRecord, StateStore
@@ -424,12 +424,10 @@ class Engine:
         return Prediction(next=self.top(result.logits, top_k), position=result.position)
 
     # ---- sessions ----------------------------------------------------------------------------------------
-    async def _check_owner_quota(self, owner: str) -> None:
-        """TooManySessions when an API key already holds max_sessions_per_key sessions (keys only: without keys
-        every caller is one principal, bounded by max_sessions)."""
-        limit = self.config.max_sessions_per_key
-        if owner and limit and await self._require_store().count_owned(owner) >= limit:
-            raise TooManySessions(limit, retry_after=1.0, per_key=True)
+    def _owner_limit(self, owner: str) -> int:
+        """The per-key session limit the store enforces atomically with the creation (keys only: without keys
+        every caller is one principal, bounded by max_sessions); 0 = none."""
+        return self.config.max_sessions_per_key if owner else 0
 
     def _on_created(self) -> None:
         self.metrics.sessions_created.inc()
@@ -456,8 +454,9 @@ class Engine:
         if state is not None:
             h, c = import_state(state, self.model.metadata.fingerprint, store.state_shape)
             position = state.position
-        await self._check_owner_quota(owner)
-        record = await store.create(ttl_s=ttl, h=h, c=c, position=position, owner=owner)
+        record = await store.create(
+            ttl_s=ttl, h=h, c=c, position=position, owner=owner, max_owned=self._owner_limit(owner)
+        )
         self._on_created()
         if ids is None:
             return record, None
@@ -508,9 +507,10 @@ class Engine:
         """A new session with a copy of this one's state and position; the source is unchanged."""
         self.check_accepting_new()
         ttl = None if ttl_s is None else self._ttl(ttl_s)
-        await self._check_owner_quota(owner_of(session_id))
         async with self._locks.hold(session_id):
-            record = await self._require_store().fork(session_id, ttl)
+            record = await self._require_store().fork(
+                session_id, ttl, max_owned=self._owner_limit(owner_of(session_id))
+            )
         self._on_created()
         return record
 

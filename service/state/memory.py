@@ -200,6 +200,11 @@ class MemoryStateStore(StateStore):
         self._expires[slot] = now + ttl_s
         return self._record(slot)
 
+    def _check_owned(self, owner: str, max_owned: int) -> None:
+        """The per-key limit, checked in the same step as the creation (nothing awaits in between)."""
+        if owner and max_owned > 0 and self._owned[owner] >= max_owned:
+            raise TooManySessions(max_owned, retry_after=1.0, per_key=True)
+
     def _check_state(self, a: np.ndarray, name: str) -> np.ndarray:
         if a.shape != self.state_shape:
             raise StateMismatch(f"{name} has shape {list(a.shape)}, the model needs {list(self.state_shape)}")
@@ -221,9 +226,11 @@ class MemoryStateStore(StateStore):
         c: np.ndarray | None = None,
         position: int = 0,
         owner: str = "",
+        max_owned: int = 0,
     ) -> SessionRecord:
         h = None if h is None else self._check_state(h, "h")
         c = None if c is None else self._check_state(c, "c")
+        self._check_owned(owner, max_owned)
         now = self._clock()
         slot = self._allocate(now)
         # A reused slot still holds its last owner's state: overwrite it whole.
@@ -311,9 +318,10 @@ class MemoryStateStore(StateStore):
         self._expires[slot] = now + self._ttl[slot]
         return self._record(slot)
 
-    async def fork(self, session_id: str, ttl_s: float | None = None) -> SessionRecord:
+    async def fork(self, session_id: str, ttl_s: float | None = None, *, max_owned: int = 0) -> SessionRecord:
         now = self._clock()
         src = self._slot(session_id, now)
+        self._check_owned(owner_of(session_id), max_owned)
         dst = self._allocate(now, protect=src)
         self._h[dst] = self._h[src]
         self._c[dst] = self._c[src]

@@ -24,8 +24,8 @@ max_sessions is exact across replicas: the capacity check, sweep and eviction ru
 atomically, against the shared index (ids whose state Redis already expired are swept first). Run Redis with a
 `volatile-*` maxmemory policy (or noeviction): every key but the index sets (`exp`, `lru`, `own:*`) carries a
 TTL, so Redis may drop states under memory pressure (they then answer session_expired or session_not_found) but
-never the index. The per-key limit is checked (SCARD) before the create script runs, so replicas creating for one
-key at the same instant can each pass it: it is exact per replica, and across replicas up to such races.
+never the index. The per-key limit (`max_owned`) is checked (SCARD of the owner's set) inside the same create/fork
+script, so it is exact across replicas too: two replicas creating for one key at the same instant cannot both pass.
 
 Times come from the caller's clock (`now` is passed to the scripts), so replicas need roughly synchronised clocks
 (NTP); Redis's own TTL is a backstop that expires abandoned keys even if no replica ever sweeps. The scripts touch
@@ -333,6 +333,7 @@ class RedisStateStore(StateStore):
         c: np.ndarray | None = None,
         position: int = 0,
         owner: str = "",
+        max_owned: int = 0,
     ) -> SessionRecord:
         zeros = np.zeros(self.state_shape, dtype=np.float32)
         h = zeros if h is None else self._check_state(h, "h")
@@ -343,8 +344,18 @@ class RedisStateStore(StateStore):
             now = self._clock()
             header = self._pack_header(1, position, now, ttl_s)
             status, payload = await self._script(
-                self._create, [str(self.max_sessions), _num(self.evict_idle_after_s), sid, header + state, _num(ttl_s)]
+                self._create,
+                [
+                    str(self.max_sessions),
+                    _num(self.evict_idle_after_s),
+                    sid,
+                    header + state,
+                    _num(ttl_s),
+                    str(max(0, int(max_owned))),
+                ],
             )
+            if status == b"owned":
+                raise TooManySessions(max_owned, retry_after=1.0, per_key=True)
             if status == b"full":
                 raise self._full(payload)
             if status == b"ok":
@@ -424,7 +435,7 @@ class RedisStateStore(StateStore):
             raise self._missing(session_id, payload)
         return self._header(session_id, payload)
 
-    async def fork(self, session_id: str, ttl_s: float | None = None) -> SessionRecord:
+    async def fork(self, session_id: str, ttl_s: float | None = None, *, max_owned: int = 0) -> SessionRecord:
         for _ in range(3):
             sid = new_session_id(owner_of(session_id))
             status, payload = await self._script(
@@ -435,10 +446,13 @@ class RedisStateStore(StateStore):
                     session_id,
                     sid,
                     "" if ttl_s is None else _num(ttl_s),
+                    str(max(0, int(max_owned))),
                 ],
             )
             if status == b"gone":
                 raise self._missing(session_id, payload)
+            if status == b"owned":
+                raise TooManySessions(max_owned, retry_after=1.0, per_key=True)
             if status == b"full":
                 raise self._full(payload)
             if status == b"ok":

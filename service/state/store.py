@@ -85,9 +85,11 @@ class StateStore(ABC):
         c: np.ndarray | None = None,
         position: int = 0,
         owner: str = "",
+        max_owned: int = 0,
     ) -> SessionRecord:
         """A new session with state zeros, or h and c each (layers, hidden), its id tagged with `owner`.
-        Raises TooManySessions when full."""
+        Raises TooManySessions when full, and TooManySessions(per_key=True) when `owner` already holds `max_owned`
+        sessions (0: no per-key limit); the check and the creation are one atomic step, across replicas too."""
 
     @abstractmethod
     async def load_many(self, session_ids: Sequence[str]) -> LoadedStates:
@@ -125,9 +127,9 @@ class StateStore(ABC):
         """State back to zeros and position 0; the session is used, so its TTL restarts."""
 
     @abstractmethod
-    async def fork(self, session_id: str, ttl_s: float | None = None) -> SessionRecord:
+    async def fork(self, session_id: str, ttl_s: float | None = None, *, max_owned: int = 0) -> SessionRecord:
         """A new session with a copy of this one's state and position (its TTL unless `ttl_s` is given); the copy
-        has the source's owner."""
+        has the source's owner, and is refused like `create` when that owner already holds `max_owned` sessions."""
 
     @abstractmethod
     async def count(self) -> int:

@@ -33,6 +33,11 @@ local function disown(id)
   local k = okey(id)
   if k then redis.call('SREM', k, id) end
 end
+-- True when the owner of `id` already holds `max` sessions (max 0, or an id without an owner: no limit).
+local function over_owned(id, max)
+  local k = okey(id)
+  return k ~= nil and max > 0 and redis.call('SCARD', k) >= max
+end
 local function ms(s) return math.max(1, math.ceil(s * 1000)) end
 
 local function remove(id, reason)

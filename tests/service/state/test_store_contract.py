@@ -5,6 +5,7 @@ TTL, round trips, replicas, Redis going away)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -273,3 +274,41 @@ async def test_state_shape_is_checked(make_store: StoreFactory) -> None:
     with pytest.raises(StateMismatch):
         await store.create(ttl_s=1, h=np.zeros((L + 1, H), np.float32), c=np.zeros((L + 1, H), np.float32))
     assert await store.count() == 0
+
+
+async def test_the_per_key_limit_is_checked_and_applied_in_one_step(
+    make_store: StoreFactory, request: pytest.FixtureRequest
+) -> None:
+    """200 concurrent creates for one key with max_owned=50: exactly 50 succeed, the rest get the per-key 429
+    (for Redis across two store instances, as two replicas would be); forks count against the same limit, other
+    keys and ownerless sessions do not."""
+    replicas = 2 if request.node.callspec.params["make_store"] == "redis" else 1
+    stores = [make_store(max_sessions=500) for _ in range(replicas)]
+    first = stores[0]
+    in_flight = [asyncio.Semaphore(16) for _ in stores]  # many at once, within a small machine's connect timeouts
+
+    async def create(i: int) -> SessionRecord:
+        async with in_flight[i % replicas]:
+            return await stores[i % replicas].create(ttl_s=60, owner="kx", max_owned=50)
+
+    results = await asyncio.gather(*(create(i) for i in range(200)), return_exceptions=True)
+    made = [r for r in results if isinstance(r, SessionRecord)]
+    refused = [r for r in results if isinstance(r, TooManySessions)]
+    assert (len(made), len(refused)) == (50, 150), [r for r in results if not isinstance(r, SessionRecord)][:3]
+    assert all(r.per_key and r.max_sessions == 50 and r.retry_after == 1.0 for r in refused)
+    assert await first.count_owned("kx") == 50 and await first.count() == 50
+    forks = await asyncio.gather(
+        *(stores[i % len(stores)].fork(made[0].session_id, max_owned=50) for i in range(4)), return_exceptions=True
+    )
+    assert all(isinstance(f, TooManySessions) and f.per_key for f in forks)
+    await first.delete(made[1].session_id)
+    forks = await asyncio.gather(
+        *(stores[i % len(stores)].fork(made[0].session_id, max_owned=50) for i in range(4)), return_exceptions=True
+    )
+    assert sum(isinstance(f, SessionRecord) for f in forks) == 1
+    assert await first.count_owned("kx") == 50
+    await first.create(ttl_s=60, owner="ky", max_owned=50)
+    await first.create(ttl_s=60, owner="", max_owned=1)  # ids without an owner have no per-key limit
+    await first.create(ttl_s=60, owner="", max_owned=1)
+    await first.create(ttl_s=60, owner="kx")  # max_owned=0: no limit
+    assert await first.count_owned("kx") == 51
