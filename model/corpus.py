@@ -174,12 +174,13 @@ def _files_under(root: Path) -> list[Path]:
     return found
 
 
-def read_text_files(paths: Sequence[str | Path]) -> list[TextFile]:
-    """Read files and directories of files (recursively) as UTF-8; CorpusError names a file that is not."""
+def read_text_files(paths: Sequence[str | Path], exclude: Sequence[Path] = ()) -> list[TextFile]:
+    """Read files and directories of files (recursively) as UTF-8; CorpusError names a file that is not. Files in
+    `exclude` (the checkpoint being written, when it lies inside a text folder) are left out."""
     if not paths:
         raise CorpusError("no text given: name at least one file or directory")
     files: list[TextFile] = []
-    seen: set[Path] = set()
+    seen: set[Path] = {Path(p).resolve() for p in exclude}
     for given in paths:
         root = Path(given)
         if root.is_dir():
@@ -310,8 +311,9 @@ def load_text_corpus(
     paths: Sequence[str | Path],
     val_files: Sequence[str | Path] | None = None,
     val_fraction: float = DEFAULT_VAL_FRACTION,
+    exclude: Sequence[Path] = (),
 ) -> TextCorpus:
-    return split_text_files(read_text_files(paths), val_files, val_fraction)
+    return split_text_files(read_text_files(paths, exclude), val_files, val_fraction)
 
 
 def plays_description(train: str, val: str) -> dict[str, Any]:

@@ -31,7 +31,10 @@ def _train(args: argparse.Namespace) -> int:
     try:
         if args.text:
             fraction = DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction
-            text = load_text_corpus(args.text, args.val_files, fraction)
+            out = Path(args.out)
+            text = load_text_corpus(
+                args.text, args.val_files, fraction, exclude=[out, out.with_name(out.name + ".tmp")]
+            )
             train_text, val_text, corpus = text.train, text.validation, text.description
             vocab_text = text.vocabulary_text
             check_trainable(train_text, val_text, args.batch_size, args.seq_len)

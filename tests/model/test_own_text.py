@@ -206,6 +206,15 @@ def test_single_file_tail_and_vocabulary_from_all_the_text(tmp_path: Path) -> No
         load_text_corpus([path], val_fraction=0.01)
 
 
+def test_the_checkpoint_inside_the_text_folder_is_not_read_as_text(tmp_path: Path) -> None:
+    _write_logs(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"\x80\x02 a pickle")
+    corpus = load_text_corpus([tmp_path], exclude=[tmp_path / "model.pt"])
+    assert len(corpus.description["files"]) == 5
+    with pytest.raises(CorpusError, match=r"model\.pt: not UTF-8"):
+        load_text_corpus([tmp_path])
+
+
 def test_val_files_may_name_a_folder(tmp_path: Path) -> None:
     for part in ("train", "held"):
         (tmp_path / part).mkdir()
