@@ -32,6 +32,7 @@ class ModelMetadata:
     val_loss: float | None
     corpus: str
     corpus_description: str = ""  # JSON, "" when unknown
+    quantization: str = ""  # "int8" for a quantized artifact (model/quantize.py), "" for fp32
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -46,6 +47,8 @@ class ModelMetadata:
             props["corpus_description"] = self.corpus_description
         if self.val_loss is not None:
             props["val_loss"] = f"{self.val_loss:.6f}"
+        if self.quantization:
+            props["quantization"] = self.quantization
         return props
 
     @classmethod
@@ -76,6 +79,7 @@ class ModelMetadata:
             val_loss=val_loss,
             corpus=props.get("corpus", ""),
             corpus_description=props.get("corpus_description", ""),
+            quantization=props.get("quantization", ""),
         )
 
 

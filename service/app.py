@@ -17,8 +17,8 @@ from fastapi.security import HTTPBearer
 
 from service import __version__
 from service.api import errors, generate, health, inspect, model_info, openai, predict, sessions, v2, websocket
-from service.api.access import AccessMiddleware
-from service.api.middleware import BodyLimitMiddleware, RequestLogMiddleware, TimeoutMiddleware
+from service.api.access import AccessControl
+from service.api.middleware import ServiceMiddleware
 from service.api.playground import routes as playground
 from service.config import Settings
 from service.engine.engine import Engine
@@ -175,7 +175,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.inspector = Inspector(engine)
     app.state.sequences = Sequences(engine)
     # With keys, the guarded routers declare the Bearer scheme, so /docs shows it and offers "Authorize". The
-    # check itself is AccessMiddleware's (it also covers the WebSocket); the declaration answers nothing.
+    # check itself is ServiceMiddleware's (it also covers the WebSocket); the declaration answers nothing.
     guard = (
         [Depends(HTTPBearer(auto_error=False, description="An API key (LSTM_SERVE_API_KEYS)."))] if keys.enabled else []
     )
@@ -184,15 +184,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(playground.router)  # GET / and its static files: open, like /docs
     errors.install(app, engine.metrics)
-    # Added last = outermost: the request log sees every answer, the 401s, 413s and 504s included; keys are
-    # checked before the timeout starts and before a byte of the body is read.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s, metrics=engine.metrics)
     app.add_middleware(
-        AccessMiddleware,
-        keys=keys,
-        limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+        ServiceMiddleware,
+        access=AccessControl(keys, RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst), engine.metrics),
         metrics=engine.metrics,
+        max_bytes=settings.max_request_bytes,
+        timeout_s=settings.request_timeout_s,
     )
-    app.add_middleware(RequestLogMiddleware, metrics=engine.metrics)
     return app

@@ -1,10 +1,11 @@
 """Who is calling, and what they may reach: API keys, per-key rate limits, session ownership.
 
-`AccessMiddleware` guards every /v1 and /v2 route (HTTP and WebSocket): no or a wrong `Authorization: Bearer`
-key is answered 401 before routing, a key over its rate 429 `rate_limited` with Retry-After. The caller's
-principal goes into the connection's state, where routes read it with `CallerDep`. Sessions carry their owner's
-principal in their id (service/state/store.py), so `SessionId` answers another key's session 404
-`session_not_found`, exactly like an id that never existed. /healthz, /readyz, /metrics and /docs stay open.
+`AccessControl`, run by the one middleware (service/api/middleware.py), guards every /v1 and /v2 route (HTTP
+and WebSocket): no or a wrong `Authorization: Bearer` key is answered 401 before routing, a key over its rate 429
+`rate_limited` with Retry-After. The caller's principal goes into the connection's state, where routes read it
+with `CallerDep`. Sessions carry their owner's principal in their id (service/session_ids.py), so `SessionId`
+answers another key's session 404 `session_not_found`, exactly like an id that never existed. /healthz,
+/readyz, /metrics and /docs stay open.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope, Send
 
 from service.api.errors import ErrorJSONResponse, error_response
 from service.api.v2_errors import v2_error
@@ -34,58 +35,43 @@ def guarded(path: str) -> bool:
     return path.startswith(("/v1/", "/v2/")) or path in ("/v1", "/v2")
 
 
-class AccessMiddleware:
-    """API-key authentication and per-key rate limiting in front of the routes (pure ASGI: streams untouched)."""
+class AccessControl:
+    """API-key authentication and per-key rate limiting; ServiceMiddleware calls `check` for every guarded
+    request (HTTP and WebSocket) before it reaches a route."""
 
-    def __init__(self, app: ASGIApp, keys: KeyRing, limiter: RateLimiter, metrics: Metrics) -> None:
-        self.app = app
+    def __init__(self, keys: KeyRing, limiter: RateLimiter, metrics: Metrics) -> None:
         self.keys = keys
         self.limiter = limiter
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or not guarded(scope["path"]):
-            await self.app(scope, receive, send)
-            return
+    def check(self, scope: Scope) -> ErrorJSONResponse | None:
+        """None, with the caller's principal put into the scope's state, or the refusal to send."""
         authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
         principal = self.keys.authenticate(bearer_token(authorization))
         if principal is None:
             self.metrics.rejections.labels("unauthorized").inc()
             # The presented key is never logged, only that one was refused.
-            await self._refuse(
+            return self._error(
                 scope,
-                receive,
-                send,
-                self._error(
-                    scope,
-                    401,
-                    "unauthorized",
-                    "a valid API key is required: send `Authorization: Bearer <key>`",
-                    {"WWW-Authenticate": 'Bearer realm="lstm-serve"'},
-                ),
+                401,
+                "unauthorized",
+                "a valid API key is required: send `Authorization: Bearer <key>`",
+                {"WWW-Authenticate": 'Bearer realm="lstm-serve"'},
             )
-            return
         if principal != ANONYMOUS:
             wait = self.limiter.acquire(principal)
             if wait > 0:
                 self.metrics.rejections.labels("rate_limited").inc()
                 retry = retry_after_header(wait)
-                await self._refuse(
+                return self._error(
                     scope,
-                    receive,
-                    send,
-                    self._error(
-                        scope,
-                        429,
-                        "rate_limited",
-                        f"this API key is over its rate of {self.limiter.rate:g} requests "
-                        f"per second; retry in {retry} s",
-                        {"Retry-After": retry},
-                    ),
+                    429,
+                    "rate_limited",
+                    f"this API key is over its rate of {self.limiter.rate:g} requests per second; retry in {retry} s",
+                    {"Retry-After": retry},
                 )
-                return
         scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, receive, send)
+        return None
 
     @staticmethod
     def _error(scope: Scope, status: int, code: str, message: str, headers: dict[str, str]) -> ErrorJSONResponse:
@@ -97,11 +83,9 @@ class AccessMiddleware:
         return error_response(status, code, message, headers=headers)
 
     @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send, response: ErrorJSONResponse) -> None:
-        if scope["type"] == "http":
-            await response(scope, receive, send)
-        elif "websocket.http.response" in scope.get("extensions", {}):
-            # The handshake is answered with the same HTTP error a plain request gets.
+    async def refuse_websocket(scope: Scope, send: Send, response: ErrorJSONResponse) -> None:
+        """Answer a refused WebSocket handshake with the HTTP error a plain request gets, where the server can."""
+        if "websocket.http.response" in scope.get("extensions", {}):
             await send(
                 {
                     "type": "websocket.http.response.start",

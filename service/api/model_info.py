@@ -29,6 +29,7 @@ async def model_info(engine: EngineDep, settings: SettingsDep) -> ModelInfo:
         layers=meta.config.num_layers,
         hidden_size=meta.config.hidden_size,
         peephole=meta.config.peephole,
+        precision=meta.quantization or "fp32",
         provider=served.provider,
         batching=BatchingInfo(max_batch_size=cfg.max_batch_size, max_batch_delay_ms=settings.max_batch_delay_ms),
         sessions=SessionsInfo(

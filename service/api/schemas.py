@@ -248,6 +248,9 @@ class ModelInfo(BaseModel):
     layers: int = Field(description="Stacked LSTM layers.")
     hidden_size: int = Field(description="Units per layer; a session's state is layers x 2 x hidden_size floats.")
     peephole: bool = Field(description="Whether the cells have peephole connections.")
+    precision: str = Field(
+        default="fp32", description="fp32, or int8 for a dynamically quantized artifact (LSTM weights in int8)."
+    )
     provider: str = Field(description="ONNX Runtime execution provider in use: cpu or cuda.")
     batching: BatchingInfo = Field(description="Dynamic batching settings.")
     sessions: SessionsInfo = Field(description="Session store state and settings.")
