@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     snapshot_interval_s: float = Field(
         default=60.0, ge=0, description="Seconds between snapshots (0 = only at shutdown)."
     )
+    durable: bool = Field(
+        default=False,
+        description="Memory backend with snapshot_path: journal every change (one write and fsync per batch) "
+        "beside the snapshot, so every acknowledged step survives a crash (SIGKILL); the journal is replayed at "
+        "start and compacted into each snapshot.",
+    )
 
     # Generation and inspection
     max_generate_tokens: int = Field(
@@ -261,6 +267,11 @@ class Settings(BaseSettings):
             )
         if self.state_backend == "redis" and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"redis_url {self.redis_url!r} is not a redis://, rediss:// or unix:// URL")
+        if self.durable and (self.snapshot_path is None or self.state_backend != "memory"):
+            raise ValueError(
+                "durable needs the memory backend and snapshot_path (LSTM_SERVE_SNAPSHOT_PATH): the journal is "
+                "kept beside the snapshot; Redis keeps its own persistence"
+            )
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise ValueError(f"metrics_port {self.metrics_port} is the API port; choose another or leave it unset")
         return self

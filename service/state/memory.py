@@ -15,14 +15,21 @@ sessions cannot push out sessions that are in active use. `evict_idle_after_s=0`
 Ids of sessions removed by the server (TTL or capacity) are remembered in a bounded FIFO so that a later request
 for one is answered `session_expired`, not `session_not_found`. Not thread-safe: the engine calls it from the
 event loop only.
+
+Persistence is the store's own: `to_snapshot`/`load_snapshot` for the periodic snapshots (service/state/snapshot.py
+writes the file), and in durable mode (`open_journal`) a journal (service/state/journal.py): every mutating call
+appends its changes and waits for one fsync before it returns, so what it returned survives a SIGKILL.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +42,7 @@ from service.errors import (
     VersionConflict,
 )
 from service.session_ids import new_session_id, owner_of
+from service.state import journal as jn
 from service.state.snapshot import RestoreResult, Snapshot
 from service.state.store import (
     EvictionReason,
@@ -42,6 +50,8 @@ from service.state.store import (
     SessionRecord,
     StateStore,
 )
+
+log = logging.getLogger(__name__)
 
 
 class MemoryStateStore(StateStore):
@@ -78,6 +88,8 @@ class MemoryStateStore(StateStore):
         self._gone: OrderedDict[str, EvictionReason] = OrderedDict()  # recently expired/evicted id -> reason
         self._next_version = 1
         self._owned: Counter[str] = Counter()  # owner -> live sessions, for per-key limits
+        self._journal: jn.Journal | None = None  # durable mode only
+        self._pending: list[bytes] = []  # journal entries of the call in progress
 
     # ---- bookkeeping -------------------------------------------------------------------------------------
     @property
@@ -148,6 +160,9 @@ class MemoryStateStore(StateStore):
         self._n_free += 1
         if reason != "deleted":  # a client that deleted its session is told "not found", as for any unknown id
             self._forget(sid, reason)
+        if self._journal is not None and reason != "ttl":  # a TTL removal follows from the times journaled
+            kind = jn.DELETE if reason == "deleted" else jn.EVICT
+            self._pending.append(jn.removal_entry(kind, self._bump(), sid))
 
     def _forget(self, session_id: str, reason: EvictionReason) -> None:
         """Remember a removed id (bounded, oldest out first) so a later request for it is told why it is gone."""
@@ -217,6 +232,92 @@ class MemoryStateStore(StateStore):
         self._record_evictions("ttl", len(due))
         return len(due)
 
+    # ---- the journal (durable mode) ----------------------------------------------------------------------
+    def _journal_put(self, kind: int, slot: int) -> None:
+        if self._journal is None:
+            return
+        sid = self._id_of[slot]
+        assert sid is not None
+        record = (
+            int(self._position[slot]),
+            int(self._version[slot]),
+            float(self._created[slot]),
+            float(self._last_used[slot]),
+            float(self._expires[slot]),
+            float(self._ttl[slot]),
+        )
+        self._pending.append(jn.put_entry(kind, record[1], sid, record, self._h[slot], self._c[slot]))
+
+    async def _commit(self) -> None:
+        """Durable mode: this call's entries in one frame, fsynced before the call returns (a batch's group commit).
+        The frame is written before the first await, so frames are in the order of the changes."""
+        if self._journal is None or not self._pending:
+            return
+        entries, self._pending = self._pending, []
+        await self._journal.append(entries, self._next_version)
+
+    @property
+    def durable(self) -> bool:
+        return self._journal is not None
+
+    async def open_journal(self, base: Path, fingerprint: str) -> int:
+        """Durable mode: replay the journal files beside `base` (the snapshot path) on top of what was restored,
+        then journal every change from now on. Call after the snapshot is restored; returns the entries replayed."""
+        if self._journal is not None:
+            raise RuntimeError("the journal is already open")
+        journal = jn.Journal(base, self.state_shape, fingerprint)
+        entries = await asyncio.to_thread(journal.read_all, self._next_version)
+        now = self._clock()
+        top = self._next_version
+        for entry in entries:
+            top = max(top, entry.seq, entry.version)
+            if entry.kind in jn.PUT_KINDS:
+                self._replay_put(entry)
+            else:
+                slot = self._slot_of.get(entry.session_id)
+                if slot is not None:
+                    self._remove(slot, "deleted" if entry.kind == jn.DELETE else "capacity")
+                elif entry.kind == jn.EVICT:
+                    self._forget(entry.session_id, "capacity")
+        self._next_version = top
+        expired = np.flatnonzero(self._expires <= now)  # expired while the server was down: remembered as such
+        for slot in expired.tolist():
+            self._remove(int(slot), "ttl")
+        await asyncio.to_thread(journal.open)
+        self._journal = journal
+        if entries:
+            log.info(
+                "session journal replayed",
+                extra={"entries": len(entries), "sessions": len(self._slot_of), "path": str(base)},
+            )
+        return len(entries)
+
+    def _replay_put(self, e: jn.Entry) -> None:
+        slot = self._slot_of.get(e.session_id)
+        if slot is None:
+            if self._n_free == 0:  # only with a smaller max_sessions than the journal was written with
+                lru = int(np.argmin(self._last_used))
+                self._remove(lru, "capacity")
+            self._n_free -= 1
+            slot = int(self._free[self._n_free])
+            self._slot_of[e.session_id] = slot
+            self._id_of[slot] = e.session_id
+            self._owned[owner_of(e.session_id)] += 1
+            self._gone.pop(e.session_id, None)
+        self._h[slot] = e.h
+        self._c[slot] = e.c
+        self._position[slot] = e.position
+        self._version[slot] = e.version
+        self._created[slot] = e.created
+        self._last_used[slot] = e.last_used
+        self._expires[slot] = e.expires
+        self._ttl[slot] = e.ttl
+
+    async def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
     # ---- the StateStore interface ------------------------------------------------------------------------
     async def create(
         self,
@@ -232,11 +333,16 @@ class MemoryStateStore(StateStore):
         c = None if c is None else self._check_state(c, "c")
         self._check_owned(owner, max_owned)
         now = self._clock()
-        slot = self._allocate(now)
-        # A reused slot still holds its last owner's state: overwrite it whole.
-        self._h[slot] = 0.0 if h is None else h
-        self._c[slot] = 0.0 if c is None else c
-        return self._occupy(slot, now, ttl_s, position, owner)
+        try:
+            slot = self._allocate(now)
+            # A reused slot still holds its last owner's state: overwrite it whole.
+            self._h[slot] = 0.0 if h is None else h
+            self._c[slot] = 0.0 if c is None else c
+            record = self._occupy(slot, now, ttl_s, position, owner)
+            self._journal_put(jn.CREATE, slot)
+        finally:
+            await self._commit()  # with any capacity eviction it made, even if it failed after that
+        return record
 
     async def load_many(self, session_ids: Sequence[str]) -> LoadedStates:
         now = self._clock()
@@ -293,6 +399,10 @@ class MemoryStateStore(StateStore):
         if rows:
             self._h[slots] = h[:, rows].transpose(1, 0, 2)  # (layers, n, hidden) -> (n, layers, hidden)
             self._c[slots] = c[:, rows].transpose(1, 0, 2)
+            if self._journal is not None:
+                for slot in slots:
+                    self._journal_put(jn.SAVE, slot)
+                await self._commit()  # one write and one fsync for the whole batch
         return out
 
     async def get_record(self, session_id: str) -> SessionRecord:
@@ -306,6 +416,7 @@ class MemoryStateStore(StateStore):
         slot = self._slot(session_id, self._clock())
         self._remove(slot, "deleted")
         self._record_evictions("deleted", 1)
+        await self._commit()
 
     async def reset(self, session_id: str) -> SessionRecord:
         now = self._clock()
@@ -316,18 +427,25 @@ class MemoryStateStore(StateStore):
         self._version[slot] = self._bump()
         self._last_used[slot] = now
         self._expires[slot] = now + self._ttl[slot]
+        self._journal_put(jn.RESET, slot)
+        await self._commit()
         return self._record(slot)
 
     async def fork(self, session_id: str, ttl_s: float | None = None, *, max_owned: int = 0) -> SessionRecord:
         now = self._clock()
         src = self._slot(session_id, now)
         self._check_owned(owner_of(session_id), max_owned)
-        dst = self._allocate(now, protect=src)
-        self._h[dst] = self._h[src]
-        self._c[dst] = self._c[src]
-        # Forking reads the source, it does not change it: its version and last use stay as they are.
-        ttl = float(self._ttl[src]) if ttl_s is None else ttl_s
-        return self._occupy(dst, now, ttl, int(self._position[src]), owner_of(session_id))
+        try:
+            dst = self._allocate(now, protect=src)
+            self._h[dst] = self._h[src]
+            self._c[dst] = self._c[src]
+            # Forking reads the source, it does not change it: its version and last use stay as they are.
+            ttl = float(self._ttl[src]) if ttl_s is None else ttl_s
+            record = self._occupy(dst, now, ttl, int(self._position[src]), owner_of(session_id))
+            self._journal_put(jn.FORK, dst)
+        finally:
+            await self._commit()
+        return record
 
     async def count(self) -> int:
         return len(self._slot_of)
@@ -345,7 +463,10 @@ class MemoryStateStore(StateStore):
         return self._next_version, len(self._slot_of), tuple(self.evictions.values())
 
     def to_snapshot(self, fingerprint: str, now: float | None = None) -> Snapshot:
-        """Copy every live session out (fancy indexing copies), for writing off the event loop."""
+        """Copy every live session out (fancy indexing copies), for writing off the event loop. In durable mode the
+        journal starts a new generation here: the snapshot holds everything journaled before."""
+        if self._journal is not None:
+            self._journal.rotate()
         ids = list(self._slot_of)
         slots = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(ids))
         gone = list(self._gone.items())
@@ -367,6 +488,11 @@ class MemoryStateStore(StateStore):
             gone_ids=[sid for sid, _ in gone],
             gone_reasons=[reason for _, reason in gone],
         )
+
+    def snapshot_written(self, snap: Snapshot) -> None:
+        """A snapshot is safely on disk: the journal generations it holds are deleted (compaction)."""
+        if self._journal is not None:
+            self._journal.compact(snap.next_version)
 
     def load_snapshot(self, snap: Snapshot, now: float) -> RestoreResult:
         """Fill this empty store with the snapshot's live sessions (the most recently used, up to max_sessions);

@@ -199,6 +199,10 @@ class SnapshotSource(Protocol):
 
     def to_snapshot(self, fingerprint: str) -> Snapshot: ...
 
+    def snapshot_written(self, snap: Snapshot) -> None:
+        """The snapshot is safely on disk (a durable store compacts its journal into it)."""
+        ...
+
     def load_snapshot(self, snap: Snapshot, now: float) -> RestoreResult: ...
 
 
@@ -291,6 +295,7 @@ class Snapshotter:
             t0 = time.perf_counter()
             snap = self.store.to_snapshot(self.fingerprint)
             await asyncio.to_thread(write_snapshot, snap, self.path)
+            self.store.snapshot_written(snap)
             self._written = signature
             self.writes += 1
             log.info(
