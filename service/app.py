@@ -116,6 +116,9 @@ class Serving:
         if s.snapshot_path is not None and isinstance(store, MemoryStateStore):
             self._snapshots = Snapshotter(store, s.snapshot_path, s.snapshot_interval_s, runtime.metadata.fingerprint)
             await self._snapshots.restore()
+            if s.durable:  # the journal since the last snapshot on top of it, then compacted into a new one
+                await store.open_journal(s.snapshot_path, runtime.metadata.fingerprint)
+                await self._snapshots.write()
         elif s.snapshot_path is not None:
             log.warning("snapshot_path is ignored: only the memory backend snapshots (Redis keeps the sessions)")
         await self.engine.start(runtime, store)
