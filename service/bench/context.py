@@ -1,5 +1,10 @@
 """What every scenario shares: the plan, the servers under test, the load process, and one `point` call that
-runs a load job against a server while measuring the server's own CPU use."""
+runs a load job against a server while measuring the server's own CPU use.
+
+Predict points are driven by wrk and stream points by curl (C clients: the client's own cost stays a small
+share of the 2 cores); the Python load process (service/bench/load.py) drives the rest (re-send, steps), and
+predict or stream too where wrk or curl is missing, or when a point asks for it (`driver="python"`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import httpx
 import psutil
 
 from model.onnx_meta import ModelMetadata
+from service.bench import curl_sse, sessions, wrk
 from service.bench.plan import Plan
 from service.bench.servers import HOST, LoadProcess, Server
 
@@ -45,6 +51,8 @@ class Context:
     out: Path
     seed: int
     load: LoadProcess
+    precision: str = "fp32"  # of the served artifact (`model`)
+    artifacts: dict[str, Path] = field(default_factory=dict)  # precision -> file, every one bundled
     targets: dict[str, Target] = field(default_factory=dict)
     commands: dict[str, str] = field(default_factory=dict)  # server name -> the command that started it
 
@@ -88,6 +96,47 @@ class Context:
             **extra,
         }
 
+    def driver(self, kind: str, driver: str | None = None) -> str:
+        """Which client drives a point of this kind: wrk, curl, or the Python load process."""
+        if driver == "python":
+            return "python"
+        if kind == "predict" and wrk.wrk_path() is not None:
+            return "wrk"
+        if kind == "stream" and curl_sse.curl_path() is not None:
+            return "curl"
+        return "python"
+
+    def _wrk_point(self, target: str, concurrency: int) -> dict[str, Any]:
+        t, p = self.targets[target], self.plan
+        ids = sessions.create(t.host, t.port, target, concurrency, self.prefix, tag=f"c{concurrency}-")
+        try:
+            conns = [
+                wrk.Conn(
+                    sessions.predict_path(target, sid),
+                    wrk.bodies(
+                        self.alphabet,
+                        self.seed,
+                        i,
+                        session_id=sid if sessions.style(target) == sessions.LITSERVE else None,
+                    ),
+                )
+                for i, sid in enumerate(ids)
+            ]
+            if p.warmup_s >= 1:
+                wrk.run(t.host, t.port, conns, p.warmup_s)
+            return wrk.summary(wrk.run(t.host, t.port, conns, p.duration_s), concurrency)
+        finally:
+            sessions.delete(t.host, t.port, target, ids)
+
+    def _curl_point(self, target: str, concurrency: int) -> dict[str, Any]:
+        t = self.targets[target]
+        ids = sessions.create(t.host, t.port, target, concurrency, self.prefix)
+        try:
+            return curl_sse.run(t.host, t.port, ids, self.plan.duration_s, self.seed)
+        finally:
+            time.sleep(0.2)  # the server cancels the streams the window cut; let it before the deletes
+            sessions.delete(t.host, t.port, target, ids)
+
     def point(self, kind: str, target: str, concurrency: int = 1, **extra: Any) -> dict[str, Any]:
         """Run one load job against `target`; the result carries the server's CPU use over the job (in cores)
         and, from the product's own /metrics, what its batches looked like inside."""
@@ -96,7 +145,17 @@ class Context:
         cpu0 = sum(proc.cpu_times()[:2]) if proc is not None else 0.0
         before = scrape(t)
         t0 = time.perf_counter()
-        result = self.load.run(self.job(kind, target, concurrency, **extra))
+        driver = self.driver(kind, extra.pop("driver", None))
+        try:
+            if driver == "wrk":
+                result = self._wrk_point(target, concurrency)
+            elif driver == "curl":
+                result = self._curl_point(target, concurrency)
+            else:
+                result = self.load.run(self.job(kind, target, concurrency, **extra))
+                result["client"] = "python (service/bench/load.py)"
+        except (RuntimeError, httpx.HTTPError, OSError) as exc:
+            result = {"kind": kind, "concurrency": concurrency, "status": f"failed: {type(exc).__name__}: {exc}"}
         if proc is not None:
             result["server_cpu_cores"] = (sum(proc.cpu_times()[:2]) - cpu0) / (time.perf_counter() - t0)
         after = scrape(t)

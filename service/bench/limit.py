@@ -74,6 +74,23 @@ def cpu_limit(
     return out
 
 
+def cpu_limits(
+    models: dict[str, Path], batches: Sequence[int], budget_s: float, intra_op_threads: int = 1
+) -> dict[str, dict[str, Any]]:
+    """Several artifacts (fp32, int8) measured side by side: batch by batch, each artifact in turn, so drift on a
+    shared machine hits them alike; the prompt ingestion of each after the steps."""
+    out: dict[str, dict[str, Any]] = {}
+    for b in batches:
+        for name, path in models.items():
+            row = cpu_limit(path, (b,), budget_s, intra_op_threads, prompt_chars=0)
+            if name not in out:
+                out[name] = {**row, "batches": [], "model": str(path)}
+            out[name]["batches"] += row["batches"]
+    for name, path in models.items():
+        out[name]["prompt"] = cpu_limit(path, (), budget_s, intra_op_threads)["prompt"]
+    return out
+
+
 def gpu_status() -> str | None:
     """None when the CUDA provider can run here; otherwise why scenario 8 is not run."""
     if CUDA not in ort.get_available_providers():

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
@@ -27,6 +29,7 @@ PACKAGES = (
     "httptools",
     "orjson",
     "torch",
+    "litserve",
 )
 
 
@@ -51,7 +54,49 @@ def machine_info(probe_s: float = 1.0) -> dict[str, Any]:
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "cores_available_at_start": cpu_available(probe_s),
         "packages": {name: v for name in PACKAGES if (v := _version(name)) is not None},
+        "clients": clients(),
     }
+
+
+def _first_line(cmd: list[str]) -> str | None:
+    exe = shutil.which(cmd[0])
+    if exe is None:
+        return None
+    try:
+        done = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = (done.stdout or done.stderr).strip().splitlines()
+    return text[0] if text else None
+
+
+def clients() -> str:
+    """The C load clients and their versions (wrk prints its version in its usage text)."""
+    wrk = _first_line(["wrk", "-v"])
+    curl = _first_line(["curl", "--version"])
+    return "; ".join(
+        [
+            " ".join(wrk.split()[:2]) if wrk else "wrk not installed (predict falls back to the Python client)",
+            " ".join(curl.split()[:2]) if curl else "curl not installed (streams fall back to the Python client)",
+        ]
+    )
+
+
+def commit(root: Path) -> str | None:
+    """The checkout's commit, with `+changes` when tracked files under service/ or model/ differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "service", "model"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + (" +uncommitted changes under service/ or model/" if dirty.stdout.strip() else "")
 
 
 SPIN = (

@@ -9,12 +9,13 @@ from typing import Any
 @dataclass(frozen=True)
 class Plan:
     short: bool
-    concurrencies: tuple[int, ...]  # sessions / streams of scenarios 2-4
+    concurrencies: tuple[int, ...]  # sessions of scenario 2 (predict, wrk)
+    stream_concurrencies: tuple[int, ...]  # streams of scenario 3 (SSE, curl --parallel)
     compare_at: int  # where the baselines are compared and the "at 64" targets read (64 in full runs)
     limit_batches: tuple[int, ...]
     limit_budget_s: float  # per batch size
-    warmup_s: float  # per load point, before its measuring window opens
-    duration_s: float  # the measuring window of one load point
+    warmup_s: float  # per load point, before its measuring window opens (wrk: a separate run, when >= 1 s)
+    duration_s: float  # the measuring window of one load point (wrk: whole seconds, at least 1)
     max_requests: int  # per simulated user and load point: the loops are bounded whatever the timing
     stream_tokens: int  # max_tokens of each streamed generation
     prefix_chars: int  # sessions and re-sent texts start from this much text
@@ -31,6 +32,7 @@ class Plan:
 FULL = Plan(
     short=False,
     concurrencies=(1, 16, 64, 256),
+    stream_concurrencies=(1, 16, 64),
     compare_at=64,
     limit_batches=(1, 2, 4, 8, 16, 32, 64, 128, 256),
     limit_budget_s=1.0,
@@ -49,6 +51,7 @@ FULL = Plan(
 SHORT = Plan(
     short=True,
     concurrencies=(1, 16),
+    stream_concurrencies=(1, 16),
     compare_at=16,
     limit_batches=(1, 16),
     limit_budget_s=0.1,

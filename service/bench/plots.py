@@ -17,8 +17,9 @@ LABELS = {
     "off": "batching off (max batch 1)",
     "noop": "no-op FastAPI route",
     "torch": "PyTorch eager baseline",
+    "litserve": "LitServe + ORT + dict",
 }
-STYLE = {"main": "C0", "off": "C1", "noop": "C7", "torch": "C3"}
+STYLE = {"main": "C0", "off": "C1", "noop": "C7", "torch": "C3", "litserve": "C4"}
 
 
 def _xs(points: Sequence[dict[str, Any]], key: str = "concurrency") -> list[int]:
@@ -65,7 +66,7 @@ def plot_predict(predict: dict[str, Any], out: Path) -> str:
 def plot_stream(stream: dict[str, Any], limit: dict[str, Any], out: Path) -> str:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     xs: list[int] = []
-    for name in ("main", "off"):
+    for name in ("noop", "main", "off"):
         points = [p for p in stream.get(name, []) if "tokens_per_s" in p]
         if not points:
             continue
@@ -81,16 +82,19 @@ def plot_stream(stream: dict[str, Any], limit: dict[str, Any], out: Path) -> str
                 timed = [p for p in points if p[key].get(stat)]
                 if timed:
                     right.plot(_xs(timed), [p[key][stat] for p in timed], style, color=color, label=label)
-    rows = [r for r in limit.get("batches", []) if not xs or r["batch"] <= max(xs)]
-    if rows:
-        left.plot(
-            _xs(rows, "batch"),
-            [r["tokens_per_s"] for r in rows],
-            "s:",
-            color="k",
-            label="raw ONNX Runtime limit (batch = streams)",
-        )
-        xs = sorted(set(xs) | set(_xs(rows, "batch")))
+    both = limit.get("by_precision") or ({"": limit} if limit.get("batches") else {})
+    for (name, lim), color in zip(both.items(), ("k", "C5", "C6"), strict=False):
+        rows = [r for r in lim.get("batches", []) if not xs or r["batch"] <= max(xs)]
+        if rows:
+            served = " (served)" if name and name == limit.get("served") else ""
+            left.plot(
+                _xs(rows, "batch"),
+                [r["tokens_per_s"] for r in rows],
+                "s:",
+                color=color,
+                label=f"raw ONNX Runtime {name}{served} (batch = streams)",
+            )
+            xs = sorted(set(xs) | set(_xs(rows, "batch")))
     left.set(
         title="Streaming generation: aggregate tokens/s",
         xlabel="concurrent streams (batch)",

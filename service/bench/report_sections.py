@@ -47,36 +47,73 @@ def _img(plots: Plots, name: str, alt: str) -> list[str]:
 
 def section_limit(results: dict[str, Any], plots: Plots) -> list[str]:
     lim = results.get("limit")
-    head = ["## 1. The limit: raw ONNX Runtime in-process", ""]
+    head = ["## 1. The limit: raw ONNX Runtime in-process, fp32 and int8 side by side", ""]
     if (s := _status("The limit", lim)) is not None:
         return head + s
     assert lim is not None
-    rows = [
-        [str(r["batch"]), fmt(r["step_ms"], 3), fmt(r["tokens_per_s"], 0), fmt(r["step_ms"] * 1000 / r["batch"], 1)]
-        for r in lim["batches"]
-    ]
+    both: dict[str, Any] = lim.get("by_precision") or {lim.get("served", "fp32"): lim}
+    names = [n for n in ("fp32", "int8") if n in both] + [n for n in both if n not in ("fp32", "int8")]
+    served = lim.get("served", names[0])
+    batches = [r["batch"] for r in both[names[0]]["batches"]]
+    rows = []
+    for b in batches:
+        cells = [str(b)]
+        got = {n: next((r for r in both[n]["batches"] if r["batch"] == b), None) for n in names}
+        for n in names:
+            r = got[n]
+            cells += [fmt(r["step_ms"], 3), fmt(r["tokens_per_s"], 0)] if r else ["n/a", "n/a"]
+        if "fp32" in got and "int8" in got and got["fp32"] and got["int8"]:
+            cells.append(fmt(got["int8"]["tokens_per_s"] / got["fp32"]["tokens_per_s"]) + "x")
+        rows.append(cells)
+    header = ["batch"]
+    for n in names:
+        mark = " (served)" if n == served else ""
+        header += [f"{n}{mark} step (ms)", f"{n} tokens/s"]
+    if "fp32" in names and "int8" in names:
+        header.append("int8 / fp32")
     lines = [
         *head,
         f"One step = one `session.run` of one token per row from the previous step's states, with the "
         f"server's session options ({lim['intra_op_threads']} intra-op thread, no spinning). Median of "
-        "repeated calls.",
+        "repeated calls; the artifacts are measured batch by batch in turn, so drift hits both alike. The HTTP "
+        f"scenarios run the served default ({served}: what `lstm-serve serve` picks on the CPU provider).",
         "",
-        *table(["batch", "step (ms)", "tokens/s", "µs per token"], rows),
+        *table(header, rows),
         "",
     ]
-    if "prompt" in lim:
-        p = lim["prompt"]
+    arts = results["meta"].get("artifacts", {})
+    if arts:
         lines += [
-            f"Prompt ingestion: {p['chars']:,} characters in one call take {p['ms']:.1f} ms "
-            f"({p['chars_per_s']:,.0f} characters/s, {p['per_char_us']:.0f} µs each).",
+            *table(
+                ["artifact", "file", "size (MB)", "held-out loss (nats/char)", "prompt: 1,000 chars in one call"],
+                [
+                    [
+                        n,
+                        f"`{a['path']}`",
+                        fmt(a["bytes"] / 1e6, 1),
+                        fmt(a["val_loss"], 4) if a.get("val_loss") is not None else "n/a",
+                        f"{both[n]['prompt']['ms']:.1f} ms" if both.get(n, {}).get("prompt") else "n/a",
+                    ]
+                    for n, a in arts.items()
+                ],
+            ),
             "",
         ]
+    elif "prompt" in lim:
+        p = lim["prompt"]
+        lines += [f"Prompt ingestion: {p['chars']:,} characters in one call take {p['ms']:.1f} ms.", ""]
     return lines
+
+
+def _limit_of(raw: float | None, floor: float | None) -> float | None:
+    """The limit of a figure: min(raw ONNX Runtime at that batch, the no-op floor for that kind of request)."""
+    parts = [x for x in (raw, floor) if x]
+    return min(parts) if parts else None
 
 
 def section_predict(results: dict[str, Any], plots: Plots) -> list[str]:
     pred = results.get("predict")
-    head = ["## 2. Session predict over HTTP (with the no-op floor, batching off, and the PyTorch baseline)", ""]
+    head = ["## 2. Session predict over HTTP (wrk; with the no-op floor, batching off and the peers)", ""]
     if (s := _status("Session predict", pred)) is not None:
         return head + s
     assert pred is not None
@@ -85,40 +122,42 @@ def section_predict(results: dict[str, Any], plots: Plots) -> list[str]:
     def at(name: str, c: int) -> dict[str, Any] | None:
         return next((p for p in pred.get(name, []) if p["concurrency"] == c and "throughput" in p), None)
 
+    names = ("main", "off", "litserve", "torch", "noop")
     rows = []
     for c in cs:
         main, noop = at("main", c), at("noop", c)
-        lim = _adjacent(main) or _limit_at(results, c)
+        lim = _limit_of(_adjacent(main) or _limit_at(results, c), noop["throughput"] if noop else None)
         rows.append(
             [
                 str(c),
-                *(fmt(p["throughput"], 0) if p else "n/a" for p in (main, at("off", c), at("torch", c), noop)),
-                _lat(main),
-                _lat(at("off", c)),
-                _lat(at("torch", c)),
-                _lat(noop),
-                fmt(main["latency_ms"]["p50"] / noop["latency_ms"]["p50"]) + "x" if main and noop else "n/a",
+                *(fmt(p["throughput"], 0) if p else "n/a" for p in (at(n, c) for n in names)),
+                *(_lat(at(n, c)) for n in names),
                 fmt(main["throughput"] / lim, 2) if main and lim else "n/a",
             ]
         )
+    clients = sorted({str(p.get("client", "python")) for points in pred.values() for p in points})
     return [
         *head,
-        "Closed loop: each session sends one character, waits for the answer, sends the next.",
+        "Closed loop: each session sends one character, waits for the answer, sends the next; one session per "
+        f"connection. Client: {', '.join(clients)} (`wrk -t N -c N --latency` with a Lua script that gives each "
+        "connection its own session and prints the percentiles from `done()`). The limit is min(raw ONNX Runtime "
+        "at batch = sessions, the no-op route).",
         "",
         *_img(plots, "predict", "throughput and latency against concurrency"),
         *table(
             [
                 "sessions",
-                "req/s on",
-                "req/s off",
+                "req/s lstm-serve",
+                "req/s batching off",
+                "req/s LitServe",
                 "req/s PyTorch",
                 "req/s no-op",
-                "p50/p99 ms on",
+                "p50/p99 ms lstm-serve",
                 "p50/p99 off",
+                "p50/p99 LitServe",
                 "p50/p99 PyTorch",
                 "p50/p99 no-op",
-                "p50 on / no-op",
-                "on / raw limit",
+                "lstm-serve / limit",
             ],
             rows,
         ),
@@ -128,7 +167,7 @@ def section_predict(results: dict[str, Any], plots: Plots) -> list[str]:
 
 def section_stream(results: dict[str, Any], plots: Plots) -> list[str]:
     st = results.get("stream")
-    head = ["## 3. Streaming generation over SSE (batching on and off)", ""]
+    head = ["## 3. Streaming generation over SSE (curl --parallel; with the no-op SSE floor, batching on and off)", ""]
     if (s := _status("Streaming generation", st)) is not None:
         return head + s
     assert st is not None
@@ -136,36 +175,43 @@ def section_stream(results: dict[str, Any], plots: Plots) -> list[str]:
     for p in st.get("main", []):
         c = p["concurrency"]
         off = next((q for q in st.get("off", []) if q["concurrency"] == c), None)
-        lim = _adjacent(p) or _limit_at(results, c)
+        noop = next((q for q in st.get("noop", []) if q["concurrency"] == c), None)
+        raw = _adjacent(p) or _limit_at(results, c)
+        floor = noop.get("tokens_per_s") if noop else None
+        lim = _limit_of(raw, floor)
         tps = p.get("tokens_per_s")
         rows.append(
             [
                 str(c),
                 fmt(tps, 0),
                 fmt(off.get("tokens_per_s"), 0) if off else "n/a",
-                fmt(tps / off["tokens_per_s"]) + "x" if tps and off and off.get("tokens_per_s") else "n/a",
-                fmt(lim, 0),
+                fmt(floor, 0),
+                fmt(raw, 0),
                 fmt(tps / lim) if tps and lim else "n/a",
                 _lat(p, "ttft_ms"),
                 _lat(p, "itl_ms"),
             ]
         )
-    tokens = results["meta"]["plan"]["stream_tokens"]
+    seconds = results["meta"]["plan"]["duration_s"]
     return [
         *head,
-        f"Each stream generates {tokens} tokens per request (temperature 0.8, seeded), back to back.",
+        f"N streaming generations at once, one per session, each asking for more tokens than the {seconds:g} s "
+        "window allows (temperature 0.8, seeded) and cut by the client when it ends; tokens counted from the "
+        "streams' output. Client: `curl --parallel --parallel-immediate --parallel-max N -K FILE` (N POSTs with "
+        '`"stream": true`). The limit is min(raw ONNX Runtime at batch = streams, the no-op SSE route). Time to '
+        "first byte is curl's `time_starttransfer`; the inter-token figure is each stream's mean gap.",
         "",
         *_img(plots, "stream", "tokens/s against concurrent streams beside the raw limit"),
         *table(
             [
                 "streams",
-                "tokens/s on",
-                "tokens/s off",
-                "on / off",
-                "raw limit (next to it)",
-                "on / limit",
-                "TTFT p50/p99 ms",
-                "inter-token p50/p99 ms",
+                "tokens/s lstm-serve",
+                "tokens/s batching off",
+                "tokens/s no-op SSE",
+                "raw ORT (next to it)",
+                "lstm-serve / limit",
+                "first byte p50/p99 ms",
+                "inter-token mean p50/p99 ms",
             ],
             rows,
         ),
@@ -178,11 +224,13 @@ def section_baselines(results: dict[str, Any], plots: Plots) -> list[str]:
     pred = results.get("predict", {})
     main = next((p for p in pred.get("main", []) if p["concurrency"] == c), None)
     torch = next((p for p in pred.get("torch", []) if p["concurrency"] == c), None)
+    lit = next((p for p in pred.get("litserve", []) if p["concurrency"] == c), None)
     resend = results.get("resend")
     lines = [f"## 5. Baselines at {c} sessions", ""]
     rows = []
     for label, p in (
         ("lstm-serve (stateful sessions, batching)", main),
+        ("LitServe + ONNX Runtime (same artifact) + a dict of states, its dynamic batching up to 64", lit),
         ("(a) FastAPI + PyTorch eager, states in a dict, one forward per request", torch),
         ("(b) stateless: re-send the whole text to /v1/predict", resend),
     ):
@@ -344,6 +392,8 @@ def section_optimisations(results: dict[str, Any], plots: Plots) -> list[str]:
                     f"{m['share_of_step']:.1%} of the step",
                 ]
             )
+        elif "status" in m:
+            micro.append([m["what"], m["status"], ""])
         else:
             micro.append([m["what"], f"{m['us']:.1f} µs", ""])
     return [*lines, *table(["hot-path cost", "figure", "ratio"], micro), ""]

@@ -20,7 +20,7 @@ from model.paths import BUNDLED_MODEL
 from service.bench import plan as plans
 from service.bench import profile, servers, targets
 from service.bench.context import Context, Target
-from service.bench.machine import cpu_available, machine_info
+from service.bench.machine import commit, cpu_available, machine_info
 from service.bench.optimise import scenario_optimisations
 from service.bench.scenarios import (
     scenario_gpu,
@@ -44,9 +44,9 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
 }
 # The servers each scenario drives (the product server "main" may instead be given by --url).
 NEEDS: dict[str, set[str]] = {
-    "predict": {"main", "off", "noop", "torch"},
+    "predict": {"main", "off", "noop", "litserve", "torch"},
     "resend": {"main"},
-    "stream": {"main", "off"},
+    "stream": {"main", "off", "noop"},
     "steps": {"main"},
     "optimisations": {"main", "h11", "quiet", "switch", "otel", "noop"},
     "gpu": {"gpu"},
@@ -55,14 +55,18 @@ DEFAULT_OUT = Path("docs/benchmarks")
 SHORT_OUT = Path("build/bench-short")
 
 
-def server_specs(model: Path, plan: plans.Plan) -> dict[str, servers.ServerSpec]:
+def server_specs(model: Path, plan: plans.Plan, fp32: Path | None = None) -> dict[str, servers.ServerSpec]:
+    """`model`: the served artifact; `fp32`: its fp32 parent, for the PyTorch peer (which needs float weights)."""
     sessions = 4 * max(plan.concurrencies) + 64  # every user's session, with room to spare
     main = servers.product(model, max_batch_size=max(plan.concurrencies), max_sessions=sessions)
     specs = {
         "main": servers.ServerSpec("main", "service", main),
         "off": servers.ServerSpec("off", "service", servers.product(model, max_batch_size=1, max_sessions=sessions)),
         "noop": servers.ServerSpec("noop", "service.bench.noop_app", []),
-        "torch": servers.ServerSpec("torch", "service.bench.baselines", ["--model", str(model)]),
+        "torch": servers.ServerSpec("torch", "service.bench.baselines", ["--model", str(fp32 or model)]),
+        "litserve": servers.ServerSpec(
+            "litserve", "service.bench.peer_litserve", ["--model", str(model)], ready_path="/health"
+        ),
         "h11": servers.ServerSpec("h11", "service.bench.serve", ["--loop", "asyncio", "--http", "h11", *main]),
         "quiet": servers.ServerSpec("quiet", "service", [*main, "--log-level", "WARNING"]),
         "switch": servers.ServerSpec("switch", "service", [*main, "--gil-switch-interval-ms", "5"]),
@@ -73,7 +77,13 @@ def server_specs(model: Path, plan: plans.Plan) -> dict[str, servers.ServerSpec]
     return specs
 
 
-def _wanted_servers(selected: list[str], url: str | None) -> set[str]:
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _wanted_servers(selected: list[str], url: str | None, has_fp32: bool = True) -> set[str]:
     from service.bench.limit import gpu_status
 
     names = set().union(*(NEEDS.get(s, set()) for s in selected))
@@ -81,11 +91,44 @@ def _wanted_servers(selected: list[str], url: str | None) -> set[str]:
         names.discard("main")
     if gpu_status() is not None:
         names.discard("gpu")
-    try:
-        import torch  # noqa: F401  (the baseline needs it; the serving install has no torch)
-    except ImportError:
+    # Looked up, not imported: the bench imports torch only in the PyTorch peer's own process.
+    if not _importable("torch") or not has_fp32:
         names.discard("torch")
+    if not _importable("litserve"):
+        names.discard("litserve")
     return names
+
+
+def artifacts(model: Path) -> tuple[Path, str, dict[str, Path]]:
+    """(the served artifact, its precision, every precision of this model found beside it).
+
+    Given an fp32 file, the server is started on what `lstm-serve serve` would pick on the CPU provider with
+    precision auto (int8 when its sibling qualifies, service/config.py); an int8 file is served as given."""
+    from model.quantize import INT8, QUANTIZATION_KEY, int8_path, read_props, served_artifact
+
+    if read_props(model).get(QUANTIZATION_KEY) == INT8:
+        return model, "int8", {"int8": model}
+    found = {"fp32": model}
+    if int8_path(model).is_file():
+        found["int8"] = int8_path(model)
+    served = served_artifact("cpu", "auto", model)
+    return served, ("int8" if served == found.get("int8") else "fp32"), found
+
+
+def _artifact_info(found: dict[str, Path]) -> dict[str, Any]:
+    from model.quantize import read_props
+
+    out: dict[str, Any] = {}
+    for name, path in found.items():
+        props = read_props(path)
+        loss = props.get("val_loss")
+        out[name] = {
+            "path": str(path),
+            "bytes": path.stat().st_size,
+            "fingerprint": props.get("fingerprint"),
+            "val_loss": float(loss) if loss else None,
+        }
+    return out
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -110,6 +153,7 @@ def make_plan(args: argparse.Namespace) -> plans.Plan:
     if args.concurrency:
         cs = tuple(int(c) for c in args.concurrency.split(","))
         changes["concurrencies"] = cs
+        changes["stream_concurrencies"] = cs
         changes["compare_at"] = plan.compare_at if plan.compare_at in cs else max(cs)
     if args.duration:
         changes["duration_s"] = float(args.duration)
@@ -149,7 +193,7 @@ def bench(args: argparse.Namespace) -> int:
     from service.bench.report import write_report
 
     plan = make_plan(args)
-    model = Path(args.model) if args.model else BUNDLED_MODEL
+    model, precision, found = artifacts(Path(args.model) if args.model else BUNDLED_MODEL)
     out = Path(args.out) if args.out else (SHORT_OUT if plan.short else DEFAULT_OUT)
     out.mkdir(parents=True, exist_ok=True)
     selected = list(SCENARIOS) if not args.only else [s.strip() for s in args.only.split(",")]
@@ -166,21 +210,24 @@ def bench(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {
         "meta": {
             "command": command_line(args),
+            "commit": commit(servers.ROOT),
             "machine": machine_info(probe_s),
             "plan": plan.to_json(),
             "model": _model_info(model, meta),
+            "precision": precision,
+            "artifacts": _artifact_info(found),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "seed": args.seed,
             "scenarios": selected,
         }
     }
-    specs = server_specs(model, plan)
+    specs = server_specs(model, plan, found.get("fp32"))
     with tempfile.TemporaryDirectory(prefix="lstm-serve-bench-") as tmp:
         running: list[servers.Server] = []
         load = servers.LoadProcess()
-        ctx = Context(plan, model, meta, out, args.seed, load)
+        ctx = Context(plan, model, meta, out, args.seed, load, precision=precision, artifacts=found)
         try:
-            for name in sorted(_wanted_servers(selected, args.url)):
+            for name in sorted(_wanted_servers(selected, args.url, "fp32" in found)):
                 running.append(servers.start(specs[name], Path(tmp)))
                 ctx.commands[name] = specs[name].shown()
             for server in running:

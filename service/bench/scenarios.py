@@ -1,7 +1,7 @@
 """The issue's scenarios, each a function of the run's Context returning a JSON-able dict.
 
 Points that are compared are measured next to each other (per concurrency: the no-op floor, batching on,
-batching off, the PyTorch baseline), so drift on a shared machine moves them together.
+batching off, the LitServe and PyTorch peers), so drift on a shared machine moves them together.
 """
 
 from __future__ import annotations
@@ -19,13 +19,21 @@ NOT_RUN = "not run: server not started"
 
 
 def scenario_limit(ctx: Context) -> dict[str, Any]:
+    """Raw ONNX Runtime of the served artifact (the limit every figure is read against), with every bundled
+    precision of the same model measured side by side (`by_precision`: fp32 and int8)."""
     p = ctx.plan
-    return limit.cpu_limit(ctx.model, p.limit_batches, p.limit_budget_s)
+    models = ctx.artifacts or {ctx.precision: ctx.model}
+    both = limit.cpu_limits(models, p.limit_batches, p.limit_budget_s)
+    served = both[ctx.precision]
+    return {**served, "served": ctx.precision, "by_precision": both}
+
+
+PREDICT_SERVERS = ("noop", "main", "off", "litserve", "torch")
 
 
 def scenario_predict(ctx: Context) -> dict[str, Any]:
     """Scenarios 2, 4 and 5a: closed-loop session predict, one character per request, per concurrency."""
-    series: dict[str, list[dict[str, Any]]] = {name: [] for name in ("noop", "main", "off", "torch")}
+    series: dict[str, list[dict[str, Any]]] = {name: [] for name in PREDICT_SERVERS}
     for c in ctx.plan.concurrencies:
         for name, points in series.items():
             if ctx.has(name):
@@ -41,10 +49,10 @@ def scenario_resend(ctx: Context) -> dict[str, Any]:
 
 
 def scenario_stream(ctx: Context) -> dict[str, Any]:
-    """Scenarios 3 and 4: streaming generation over SSE, batching on and off."""
-    out: dict[str, Any] = {"main": [], "off": []}
-    for c in ctx.plan.concurrencies:
-        for name in ("main", "off"):
+    """Scenarios 3 and 4: streaming generation over SSE, batching on and off, beside the no-op SSE route."""
+    out: dict[str, Any] = {"noop": [], "main": [], "off": []}
+    for c in ctx.plan.stream_concurrencies:
+        for name in ("noop", "main", "off"):
             if not ctx.has(name):
                 continue
             point = ctx.point("stream", name, c)

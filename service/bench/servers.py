@@ -65,6 +65,8 @@ def product(
         "200000",
         "--max-request-bytes",
         str(4 * 1_048_576),
+        "--max-generate-tokens",
+        "100000",  # the stream points are time-boxed by the client, not by the generation's length
         *extra,
     ]
 
