@@ -11,7 +11,7 @@ PORT ?= 8000
 # build and run the container image without a Docker engine (`make image`, tests/deploy/test_image_build.py).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint system-deps venv dev train export evaluate bench clean image
+.PHONY: run test lint system-deps venv dev train export evaluate bench bench-deps clean image
 
 $(VENV)/.serve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,7 @@ system-deps:
 	command -v buildah >/dev/null || missing="$$missing buildah"; \
 	command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
 	[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || missing="$$missing chromium chromium-driver"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
@@ -69,7 +70,16 @@ export: dev
 evaluate: venv
 	$(VENV)/bin/lstm-serve evaluate
 
-bench: dev
+# The benchmark's C load clients: wrk drives predict, curl --parallel the SSE streams.
+bench-deps:
+	@missing=""; command -v wrk >/dev/null || missing="$$missing wrk"; command -v curl >/dev/null || missing="$$missing curl"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+bench: bench-deps dev
 	$(VENV)/bin/lstm-serve bench
 
 clean:
