@@ -142,7 +142,7 @@ class Context:
         and, from the product's own /metrics, what its batches looked like inside."""
         t = self.targets[target]
         proc = psutil.Process(t.pid) if t.pid is not None else None
-        cpu0 = sum(proc.cpu_times()[:2]) if proc is not None else 0.0
+        cpu0 = _tree_cpu(proc) if proc is not None else 0.0
         before = scrape(t)
         t0 = time.perf_counter()
         driver = self.driver(kind, extra.pop("driver", None))
@@ -157,12 +157,23 @@ class Context:
         except (RuntimeError, httpx.HTTPError, OSError) as exc:
             result = {"kind": kind, "concurrency": concurrency, "status": f"failed: {type(exc).__name__}: {exc}"}
         if proc is not None:
-            result["server_cpu_cores"] = (sum(proc.cpu_times()[:2]) - cpu0) / (time.perf_counter() - t0)
+            result["server_cpu_cores"] = (_tree_cpu(proc) - cpu0) / (time.perf_counter() - t0)
         after = scrape(t)
         if before and after:
             result["inside"] = inside(before, after)
         result["server"] = target
         return result
+
+
+def _tree_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of a server and its child processes (LitServe runs its inference worker in a child)."""
+    total = 0.0
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            total += sum(p.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
 
 
 METRICS = ("inference_latency_seconds", "batch_size", "queue_wait_seconds")

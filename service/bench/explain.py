@@ -86,6 +86,39 @@ def why(target: dict[str, Any], results: dict[str, Any], compare_at: int) -> str
             f"own per-request work (session lock, batch queue and worker-thread hop, top-k, response model, "
             f"request log line); {_cpu(a)}.{_inside(a, step['step_ms']) if step else ''}"
         )
+    if name == "predict_1_p50":
+        a, b = _point(results, "predict", "main", 1), _point(results, "predict", "noop", 1)
+        step = (a or {}).get("limit_adjacent") or _limit(results, 1)
+        if not a or not b or not step:
+            return ""
+        extra = a["latency_ms"]["p50"] - b["latency_ms"]["p50"] - step["step_ms"]
+        return (
+            f"Beyond the no-op route's p50 ({b['latency_ms']['p50']:.2f} ms) and the raw step "
+            f"({step['step_ms']:.2f} ms), the served predict spends {extra:.2f} ms per request (allowed: 0.4 ms) in "
+            f"the engine's own per-request work (queueing, the hop to the ONNX Runtime thread and back, state "
+            f"gather/scatter, top-k, the response); {_cpu(a)}.{_inside(a, step['step_ms'])}"
+        )
+    if name.startswith("predict_") and name.endswith("_throughput"):
+        c = int(name.split("_")[1])
+        a, b = _point(results, "predict", "main", c), _point(results, "predict", "noop", c)
+        if not a or not b:
+            return ""
+        per_req = 1000 / a["throughput"] - 1000 / b["throughput"]
+        return (
+            f"Per request the server spends {1000 / a['throughput']:.3f} ms of its cores' time against the no-op's "
+            f"{1000 / b['throughput']:.3f} ms: {per_req:.3f} ms more per request for the model step share, the "
+            f"engine and the response; {_cpu(a)}.{_inside(a, (_limit(results, c) or {}).get('step_ms', 0.0))}"
+        )
+    if name.startswith("vs_litserve"):
+        a, t = _point(results, "predict", "main", compare_at), _point(results, "predict", "litserve", compare_at)
+        if not a or not t:
+            return ""
+        return (
+            f"LitServe: {t['throughput']:.0f} requests/s using {t.get('server_cpu_cores') or 0:.2f} cores (its API "
+            f"process and its inference worker together); lstm-serve: {a['throughput']:.0f} requests/s "
+            f"using {a.get('server_cpu_cores') or 0:.2f} cores. Both run the same artifact through ONNX Runtime with "
+            "batching, so the gap is the per-request cost of each server's Python."
+        )
     if name.startswith("vs_torch"):
         a, t = _point(results, "predict", "main", compare_at), _point(results, "predict", "torch", compare_at)
         if not a or not t:
