@@ -8,6 +8,7 @@ predict or stream too where wrk or curl is missing, or when a point asks for it 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,10 +170,8 @@ def _tree_cpu(proc: psutil.Process) -> float:
     """CPU seconds of a server and its child processes (LitServe runs its inference worker in a child)."""
     total = 0.0
     for p in (proc, *proc.children(recursive=True)):
-        try:
+        with contextlib.suppress(psutil.Error):
             total += sum(p.cpu_times()[:2])
-        except psutil.Error:
-            pass
     return total
 
 
