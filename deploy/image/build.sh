@@ -35,7 +35,7 @@ TAG=${IMAGE_TAG:-lstm-serve:$VERSION}
 BUILDER=${IMAGE_BUILDER:-auto}
 BASE_IMAGE=localhost/lstm-serve-base:bookworm-py3
 BASE_PACKAGES=python3,python3-venv,python-is-python3,ca-certificates
-CACHE=${IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lstm-serve-image}
+CACHE=${IMAGE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/var/tmp}/.cache}/lstm-serve-image}
 HOST_CA_BUNDLE=${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -68,20 +68,28 @@ debian_mirror() {
         return
     fi
     local uri
-    uri=$(apt-get indextargets --format '$(RELEASE) $(REPO_URI)' 2>/dev/null | awk '$1 == "bookworm" { print $2; exit }')
+    # shellcheck disable=SC2016  # apt's own $(FIELD) syntax, not the shell's
+    uri=$(apt-get indextargets --format '$(RELEASE) $(REPO_URI)' 2>/dev/null \
+        | awk '$1 == "bookworm" { print $2; exit }')
     echo "${uri:-http://deb.debian.org/debian/}"
 }
 
 make_base() {
     local rootfs ctr mnt mirror started
+    command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] \
+        || { log "debootstrap is not installed (apt-get install debootstrap)"; exit 1; }
     started=$(date +%s)
     mirror=$(debian_mirror)
     rootfs=$(mktemp -d "${TMPDIR:-/var/tmp}/lstm-serve-base.XXXXXX")
     # shellcheck disable=SC2064  # expand now: the trap must remove this very directory
     trap "$SUDO rm -rf '$rootfs'" EXIT
     log "making $BASE_IMAGE: debootstrap bookworm from $mirror (once per machine)"
-    $SUDO debootstrap --variant=minbase --include="$BASE_PACKAGES" bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
-        || { tail -n 30 "$rootfs.log" >&2; rm -f "$rootfs.log"; exit 1; }
+    if ! $SUDO env PATH="$PATH:/usr/sbin:/sbin" debootstrap --variant=minbase --include="$BASE_PACKAGES" \
+        bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1; then
+        tail -n 30 "$rootfs.log" >&2
+        rm -f "$rootfs.log"
+        exit 1
+    fi
     rm -f "$rootfs.log"
     # What an image base does not carry: device nodes, apt's downloads and lists, docs.
     $SUDO sh -c "cd '$rootfs' && rm -rf dev/* proc/* sys/* run/* tmp/* var/tmp/* var/lib/apt/lists/* \

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -25,8 +26,6 @@ import httpx
 import pytest
 
 from tests.deploy import image as im
-
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 # The image's unpacked size (every file of its filesystem): 427 MB at the first build (Debian bookworm + python3
 # from debootstrap 156 MB, the virtualenv 281 MB, of which onnxruntime 78 MB, numpy 73 MB, onnx 31 MB). torch
@@ -50,6 +49,24 @@ def _record(**figures: Any) -> None:
     REPORT.write_text(json.dumps({**current, **figures}, indent=2) + "\n")
 
 
+def test_make_image_is_docker_build_where_a_docker_engine_answers(tmp_path: Path) -> None:
+    """On a machine with Docker, the script is a plain `docker build` of the default target, tagged by version."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$PWD $*" >> {calls}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("IMAGE_BUILDER", None)
+    env.pop("IMAGE_TAG", None)
+    subprocess.run(["bash", str(im.BUILD_SCRIPT)], env=env, check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    assert calls.read_text().splitlines() == [
+        f"{im.REPO_ROOT} info",
+        f"{im.REPO_ROOT} build -t lstm-serve:{im.version()} .",
+    ]
+
+
+# The first of the tests below to run builds the image: minutes on a machine that has never built it.
 @pytest.fixture(scope="module")
 def image() -> Iterator[im.Build]:
     missing = im.missing_prerequisite()
@@ -68,6 +85,8 @@ def config(image: im.Build) -> dict[str, Any]:
     return im.inspect(image.ref)
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(2400)
 def test_image_is_the_cpu_image_as_declared(config: dict[str, Any]) -> None:
     assert im.command(config) == ["python", "-m", "service"]
     assert config["User"] == f"{im.IMAGE_UID}:{im.IMAGE_UID}"
@@ -78,6 +97,8 @@ def test_image_is_the_cpu_image_as_declared(config: dict[str, Any]) -> None:
     assert config.get("Healthcheck", {}).get("Test", [None])[0] == "CMD"
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(2400)
 def test_image_holds_no_torch_no_compiler_and_fits_its_budget(image: im.Build) -> None:
     with im.working_container(image.ref) as container:
         probe = im.run_in(
@@ -145,6 +166,8 @@ async def _predictions(client: httpx.AsyncClient) -> list[Any]:
     ]
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(2400)
 async def test_container_serves_what_the_engine_predicts_and_stops_on_sigterm(
     image: im.Build, config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -178,7 +201,7 @@ async def test_container_serves_what_the_engine_predicts_and_stops_on_sigterm(
 
                 from_image = await _predictions(remote)
                 metrics = await remote.get("/metrics")
-                assert metrics.status_code == 200
+                assert metrics.status_code == 200, metrics.text
                 assert 'lstm_serve_requests_total{method="POST",route="/v1/sessions",status="201"} 1.0' in metrics.text
 
             async with in_process_client(im.image_env(config), monkeypatch) as local:
