@@ -53,10 +53,15 @@ class InvalidToken(InvalidInput):
 class PositionConflict(EngineError):
     """Optimistic concurrency failed: the session is not at the position the client expected."""
 
-    def __init__(self, session_id: str, expected: int, actual: int) -> None:
-        super().__init__(
-            f"session {session_id!r} is at position {actual}, not the expected {expected}; nothing changed"
-        )
+    def __init__(self, session_id: str, expected: int | None, actual: int, retries: int = 0) -> None:
+        if expected is None:  # the client stated no position: other writers kept changing the session
+            message = (
+                f"session {session_id!r} was changed by another writer while this request ran (it is now at "
+                f"position {actual}); tried {retries + 1} times; nothing changed"
+            )
+        else:
+            message = f"session {session_id!r} is at position {actual}, not the expected {expected}; nothing changed"
+        super().__init__(message)
         self.session_id = session_id
         self.expected = expected
         self.actual = actual
@@ -149,3 +154,15 @@ class UnknownModel(EngineError):
         super().__init__(f"model {requested!r} is not served here; this server serves {served!r}")
         self.requested = requested
         self.served = served
+
+
+class ModelUnloaded(EngineError):
+    """The session's model version was unloaded with force=true: its sessions ended with it."""
+
+    def __init__(self, model: str, version: str) -> None:
+        super().__init__(
+            f"version {version} of model {model!r} was unloaded and its sessions ended; create a new session "
+            "(on the model's current version)"
+        )
+        self.model = model
+        self.version = version

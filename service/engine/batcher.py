@@ -39,11 +39,14 @@ import numpy as np
 from service.engine.runtime import OnnxRuntime
 from service.engine.sampling import SamplingBatch, sample
 from service.engine.steps import SampleNext, StepResult, TokenKind, check_position
+from service.engine.topk import TokenProb, top_k_rows
 from service.errors import Draining, EngineError, PositionConflict, VersionConflict
 from service.metrics import Metrics
 from service.state.store import SessionRecord, StateStore
 
 log = logging.getLogger(__name__)
+
+MAX_CONFLICT_RETRIES = 5  # a step without expected_position, re-run after other writers changed its session
 
 
 @dataclass(eq=False)
@@ -58,10 +61,17 @@ class WorkItem:
     start_position: int = 0  # stateless rows only: the position `state` is at
     kind: TokenKind = "prompt"
     sample_next: SampleNext | None = None
+    top_k: int = 0  # > 0: the step's answer carries the k most likely next tokens, computed for the whole batch
     # Filled in by the batcher.
     future: asyncio.Future[StepResult] = field(init=False, repr=False)
     enqueued_at: float = field(init=False, default=0.0)
     read: SessionRecord | None = field(init=False, default=None)  # the record load_many read: version for CAS
+    # A long input is fed in chunks, one per batch turn, so other steps run in between (chunked prefill).
+    fed: int = field(init=False, default=0)  # tokens of `ids` already fed
+    carry: tuple[np.ndarray, np.ndarray] | None = field(init=False, default=None)  # h, c after them
+    pieces: list[np.ndarray] = field(init=False, default_factory=list)  # all_logits: the chunks' logits so far
+    retries: int = field(init=False, default=0)  # compare-and-set conflicts retried (no expected_position)
+    origin: tuple[np.ndarray, np.ndarray] | None = field(init=False, default=None)  # the state read, to undo to
 
 
 def staircase(
@@ -101,9 +111,44 @@ def staircase(
     return out, h, c
 
 
-def _sample_next(items: Sequence[WorkItem], logits: Sequence[np.ndarray]) -> dict[int, int]:
+@dataclass(frozen=True, slots=True)
+class _Ran:
+    """What the worker thread computed for a batch: per row its logits, the states after it, its drawn token and
+    its top-k (for the rows that finish in this batch and asked for them)."""
+
+    logits: list[np.ndarray]
+    h: np.ndarray  # (L, B, H)
+    c: np.ndarray  # (L, B, H)
+    tokens: dict[int, int]
+    top: dict[int, list[TokenProb]]
+
+
+def _run_rows(
+    runtime: OnnxRuntime,
+    rows: Sequence[np.ndarray],
+    h: np.ndarray,
+    c: np.ndarray,
+    items: Sequence[WorkItem],
+    final: Sequence[bool],
+    metrics: Metrics,
+) -> _Ran:
+    """The worker thread's whole share of a batch: the model, then sampling and top-k for every finishing row in
+    one vectorised call each, so the event loop gets back finished answers."""
+    logits, hn, cn = staircase(runtime, rows, h, c, [item.all_logits for item in items], metrics)
+    done = [item if fin else None for item, fin in zip(items, final, strict=True)]
+    tokens = _sample_next(done, logits)
+    asking = [i for i, item in enumerate(done) if item is not None and item.top_k > 0]
+    top: dict[int, list[TokenProb]] = {}
+    if asking:
+        last = np.stack([logits[i] if logits[i].ndim == 1 else logits[i][-1] for i in asking])  # (n, V)
+        ks = [items[i].top_k for i in asking]
+        top = dict(zip(asking, top_k_rows(last, ks, runtime.metadata.tokenizer), strict=True))
+    return _Ran(logits, hn, cn, tokens, top)
+
+
+def _sample_next(items: Sequence[WorkItem | None], logits: Sequence[np.ndarray]) -> dict[int, int]:
     """The next token of every row that asks for one, drawn in one vectorised call: row index -> token id."""
-    rows = [(i, draw) for i, item in enumerate(items) if (draw := item.sample_next) is not None]
+    rows = [(i, draw) for i, item in enumerate(items) if item is not None and (draw := item.sample_next) is not None]
     if not rows:
         return {}
     params = SamplingBatch.from_rows(
@@ -131,12 +176,14 @@ class Batcher:
         *,
         max_batch_size: int,
         max_batch_delay_s: float,
+        prefill_chunk: int = 0,
     ) -> None:
         self.runtime = runtime
         self.store = store
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_batch_delay_s = max_batch_delay_s
+        self.prefill_chunk = prefill_chunk  # 0: a whole input in one batch turn
         self._items: deque[WorkItem] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -218,71 +265,118 @@ class Batcher:
                 for item in batch:
                     _fail(item, exc)
 
+    def _chunk(self, item: WorkItem) -> np.ndarray:
+        """The part of the item's input this batch turn feeds: all that is left, or the next prefill chunk."""
+        end = len(item.ids) if not self.prefill_chunk else item.fed + self.prefill_chunk
+        return item.ids[item.fed : end]
+
     async def _run_batch(self, batch: list[WorkItem]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         for item in batch:
-            self.metrics.queue_wait.observe(started - item.enqueued_at)
+            if not item.fed:  # a continuing chunk waited behind the others on purpose
+                self.metrics.queue_wait.observe(started - item.enqueued_at)
         live = await self._load(batch)
         if not live:
             return
         layers, hidden = self.runtime.layers, self.runtime.hidden
         h = np.zeros((layers, len(live), hidden), dtype=np.float32)  # (L, B, H)
         c = np.zeros((layers, len(live), hidden), dtype=np.float32)
-        session_rows = [i for i, (item, _) in enumerate(live) if item.session_id is not None]
         for i, (_, state) in enumerate(live):
             if state is not None:
                 h[:, i], c[:, i] = state
-        rows = [item.ids for item, _ in live]
-        flags = [item.all_logits for item, _ in live]
+        items = [item for item, _ in live]
+        rows = [self._chunk(item) for item in items]
+        final = [item.fed + len(row) == len(item.ids) for item, row in zip(items, rows, strict=True)]
         self.batches += 1
         self.metrics.batch_size.observe(len(live))
-        logits, hn, cn = await loop.run_in_executor(
-            self._executor, staircase, self.runtime, rows, h, c, flags, self.metrics
+        ran = await loop.run_in_executor(
+            self._executor, _run_rows, self.runtime, rows, h, c, items, final, self.metrics
         )
         fed: dict[TokenKind, int] = {}
-        for item, _ in live:  # one counter update per kind, not one label lookup per row
-            fed[item.kind] = fed.get(item.kind, 0) + len(item.ids)
+        for item, row in zip(items, rows, strict=True):  # one counter update per kind, not one label lookup per row
+            fed[item.kind] = fed.get(item.kind, 0) + len(row)
         for kind, count in fed.items():
             self.metrics.tokens.labels(kind).inc(count)
-        tokens = _sample_next([item for item, _ in live], logits)
+        for i, item in enumerate(items):
+            if not final[i]:
+                self._continue(item, rows[i], ran, i)
+        done = [i for i in range(len(items)) if final[i]]
         # A caller that gave up while its batch ran (a closed stream) gets nothing written: its session keeps
         # exactly what its client was told.
-        session_rows = [i for i in session_rows if not live[i][0].future.done()]
+        session_rows = [i for i in done if items[i].session_id is not None and not items[i].future.done()]
         written: dict[int, SessionRecord | EngineError] = {}
         if session_rows:
-            items = [live[i][0] for i in session_rows]
-            reads = [item.read for item in items]
-            assert all(r is not None for r in reads)
-            results = await self.store.save_many(
-                [item.session_id for item in items if item.session_id is not None],
-                hn[:, session_rows],
-                cn[:, session_rows],
-                [r.position + len(item.ids) for r, item in zip(reads, items, strict=True) if r is not None],
-                [r.version for r in reads if r is not None],
-            )
-            written = dict(zip(session_rows, results, strict=True))
-            await self._undo_abandoned(live, written)
-        for i, (item, _) in enumerate(live):
-            if item.future.done():
-                continue
-            if item.session_id is None:
-                position = item.start_position + len(item.ids)
-                item.future.set_result(
-                    StepResult(logits[i], position, None, hn[:, i].copy(), cn[:, i].copy(), tokens.get(i))
-                )
-                continue
-            outcome = written[i]
-            if isinstance(outcome, VersionConflict):
-                read = item.read
-                assert read is not None
-                _fail(item, PositionConflict(outcome.session_id, read.position, outcome.actual_position))
-            elif isinstance(outcome, EngineError):
-                _fail(item, outcome)
-            else:
-                item.future.set_result(
-                    StepResult(logits[i], outcome.position, outcome, hn[:, i].copy(), cn[:, i].copy(), tokens.get(i))
-                )
+            written = await self._write(live, session_rows, ran)
+        for i in done:
+            self._answer(items[i], ran, i, written.get(i))
+
+    def _continue(self, item: WorkItem, row: np.ndarray, ran: _Ran, i: int) -> None:
+        """An input fed only in part: carry its state, queue the rest behind what waits now (fair to the others)."""
+        item.fed += len(row)
+        item.carry = (ran.h[:, i].copy(), ran.c[:, i].copy())  # (L, H) each
+        if item.all_logits:
+            item.pieces.append(ran.logits[i])
+        if not item.future.done():
+            self._items.append(item)
+            self._wakeup.set()
+
+    async def _write(
+        self,
+        live: list[tuple[WorkItem, tuple[np.ndarray, np.ndarray] | None]],
+        rows: list[int],
+        ran: _Ran,
+    ) -> dict[int, SessionRecord | EngineError]:
+        """Write the finished session rows back in one compare-and-set call on the versions their steps read."""
+        items = [live[i][0] for i in rows]
+        reads = [item.read for item in items]
+        assert all(r is not None for r in reads)
+        results = await self.store.save_many(
+            [item.session_id for item in items if item.session_id is not None],
+            ran.h[:, rows],
+            ran.c[:, rows],
+            [r.position + len(item.ids) for r, item in zip(reads, items, strict=True) if r is not None],
+            [r.version for r in reads if r is not None],
+        )
+        written = dict(zip(rows, results, strict=True))
+        await self._undo_abandoned(live, written)
+        return written
+
+    def _answer(self, item: WorkItem, ran: _Ran, i: int, outcome: SessionRecord | EngineError | None) -> None:
+        if item.future.done():
+            return
+        logits = ran.logits[i]
+        if item.pieces:  # all_logits over several chunks: (T, V) in order
+            logits = np.concatenate([*item.pieces, logits])
+        h, c = ran.h[:, i].copy(), ran.c[:, i].copy()
+        token, top = ran.tokens.get(i), ran.top.get(i)
+        if item.session_id is None:
+            position = item.start_position + len(item.ids)
+            item.future.set_result(StepResult(logits, position, None, h, c, token, top))
+        elif isinstance(outcome, VersionConflict):
+            self._conflicted(item, outcome)
+        elif isinstance(outcome, EngineError):
+            _fail(item, outcome)
+        else:
+            assert outcome is not None
+            item.future.set_result(StepResult(logits, outcome.position, outcome, h, c, token, top))
+
+    def _conflicted(self, item: WorkItem, conflict: VersionConflict) -> None:
+        """Another writer (a replica sharing the store) changed the session while this step ran. A step that
+        stated no expected position is run again on the new state, in order, a bounded number of times; one that
+        did is refused, as its client asked."""
+        read = item.read
+        assert read is not None
+        if item.expected_position is None and item.retries < MAX_CONFLICT_RETRIES:
+            item.retries += 1
+            item.fed, item.carry, item.pieces, item.read = 0, None, [], None
+            self._items.appendleft(item)  # first in the next batch: it already waited its turn
+            self._wakeup.set()
+            return
+        if item.expected_position is None:
+            _fail(item, PositionConflict(conflict.session_id, None, conflict.actual_position, retries=item.retries))
+        else:
+            _fail(item, PositionConflict(conflict.session_id, read.position, conflict.actual_position))
 
     async def _undo_abandoned(
         self,
@@ -292,10 +386,10 @@ class Batcher:
         """Put back the states read for steps whose caller gave up while a (remote) store's write was in flight."""
         undo: list[tuple[SessionRecord, SessionRecord, tuple[np.ndarray, np.ndarray]]] = []  # read, written, state
         for i, outcome in written.items():
-            item, state = live[i]
+            item = live[i][0]
             if item.future.done() and isinstance(outcome, SessionRecord):
-                assert item.read is not None and state is not None
-                undo.append((item.read, outcome, state))
+                assert item.read is not None and item.origin is not None
+                undo.append((item.read, outcome, item.origin))
         if undo:
             await self.store.save_many(
                 [read.session_id for read, _, _ in undo],
@@ -307,7 +401,7 @@ class Batcher:
 
     async def _load(self, batch: list[WorkItem]) -> list[tuple[WorkItem, tuple[np.ndarray, np.ndarray] | None]]:
         """Read the sessions' states in one call; fail the items that cannot run. -> (item, its h, c or None)."""
-        sessions = [item for item in batch if item.session_id is not None]
+        sessions = [item for item in batch if item.session_id is not None and item.carry is None]
         states: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if sessions:
             try:
@@ -327,12 +421,14 @@ class Batcher:
                             _fail(item, exc)
                             continue
                         item.read = record
-                        states[id(item)] = (loaded.h[:, j], loaded.c[:, j])
+                        states[id(item)] = item.origin = (loaded.h[:, j], loaded.c[:, j])
         live: list[tuple[WorkItem, tuple[np.ndarray, np.ndarray] | None]] = []
         for item in batch:
             if item.future.done():
                 continue
-            if item.session_id is None:
+            if item.carry is not None:  # a continuing chunk: the state its previous chunk left
+                live.append((item, item.carry))
+            elif item.session_id is None:
                 live.append((item, item.state))
             else:
                 live.append((item, states[id(item)]))

@@ -117,8 +117,10 @@ class SessionLease:
         sample_next: SampleNext | None = None,
         kind: TokenKind = "prompt",
         all_logits: bool = False,
+        top_k: int = 0,
     ) -> StepResult:
-        """Feed ids (T,) to the session in a shared batch; its state advances only if the step succeeds."""
+        """Feed ids (T,) to the session in a shared batch; its state advances only if the step succeeds. With
+        `top_k`, the result carries the most likely next tokens (computed for the whole batch at once)."""
         item = WorkItem(
             ids=ids,
             session_id=self.session_id,
@@ -126,6 +128,7 @@ class SessionLease:
             sample_next=sample_next,
             kind=kind,
             all_logits=all_logits,
+            top_k=top_k,
         )
         return await self._engine._submit(item)
 
@@ -205,7 +208,12 @@ class Engine:
             self.metrics.active_sessions.set(await store.count())  # sessions restored from a snapshot count
         cfg = self.config
         self._batcher = Batcher(
-            runtime, store, self.metrics, max_batch_size=cfg.max_batch_size, max_batch_delay_s=cfg.max_batch_delay_s
+            runtime,
+            store,
+            self.metrics,
+            max_batch_size=cfg.max_batch_size,
+            max_batch_delay_s=cfg.max_batch_delay_s,
+            prefill_chunk=cfg.prefill_chunk_tokens,
         )
         self._batcher.start()
         try:
@@ -379,6 +387,7 @@ class Engine:
         kind: TokenKind = "prompt",
         all_logits: bool = False,
         continue_from: StatelessRow | None = None,
+        top_k: int = 0,
     ) -> StepResult:
         """Feed checked ids (T,) (from `tokenize`) in a shared batch: to a session (under its lock, its state
         advancing only on success), or statelessly from zeros or from `continue_from`."""
@@ -388,11 +397,16 @@ class Engine:
                 raise InvalidInput("a session step continues from the session's own state")
             async with self.session(session_id) as lease:
                 return await lease.step(
-                    ids, expected_position=expected_position, sample_next=sample_next, kind=kind, all_logits=all_logits
+                    ids,
+                    expected_position=expected_position,
+                    sample_next=sample_next,
+                    kind=kind,
+                    all_logits=all_logits,
+                    top_k=top_k,
                 )
         if expected_position is not None:
             raise InvalidInput("expected_position applies to sessions only")
-        item = WorkItem(ids=ids, sample_next=sample_next, kind=kind, all_logits=all_logits)
+        item = WorkItem(ids=ids, sample_next=sample_next, kind=kind, all_logits=all_logits, top_k=top_k)
         if continue_from is not None:
             item.state = (continue_from.h, continue_from.c)
             item.start_position = continue_from.position
@@ -420,8 +434,9 @@ class Engine:
     ) -> Prediction:
         """The next-token distribution after the input, from a zero state; nothing is stored."""
         self.check_serving()
-        result = await self.step(self._required(text, tokens))
-        return Prediction(next=self.top(result.logits, top_k), position=result.position)
+        result = await self.step(self._required(text, tokens), top_k=top_k)
+        assert result.top is not None
+        return Prediction(next=result.top, position=result.position)
 
     # ---- sessions ----------------------------------------------------------------------------------------
     def _owner_limit(self, owner: str) -> int:
@@ -461,14 +476,14 @@ class Engine:
         if ids is None:
             return record, None
         try:
-            result = await self.step(ids, session_id=record.session_id)
+            result = await self.step(ids, session_id=record.session_id, top_k=top_k)
         except BaseException:
             # The session existed only for this request: a failed priming leaves nothing behind.
             with contextlib.suppress(EngineError):
                 await store.delete(record.session_id)
             raise
-        assert result.record is not None
-        return result.record, self.top(result.logits, top_k)
+        assert result.record is not None and result.top is not None
+        return result.record, result.top
 
     async def session_predict(
         self,
@@ -482,9 +497,9 @@ class Engine:
         """Feed the input to the session; its state and position advance only if this succeeds."""
         self.check_serving()
         ids = self._required(text, tokens)
-        result = await self.step(ids, session_id=session_id, expected_position=expected_position)
-        assert result.record is not None
-        return SessionPrediction(record=result.record, next=self.top(result.logits, top_k))
+        result = await self.step(ids, session_id=session_id, expected_position=expected_position, top_k=top_k)
+        assert result.record is not None and result.top is not None
+        return SessionPrediction(record=result.record, next=result.top)
 
     async def get_session(self, session_id: str, *, expected_position: int | None = None) -> SessionRecord:
         """The session's record; PositionConflict if it is not at `expected_position` (when given)."""

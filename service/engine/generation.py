@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -39,6 +39,7 @@ from service.errors import InvalidInput, TooManyStreams
 
 if TYPE_CHECKING:
     from service.engine.engine import Engine, SessionLease
+    from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,31 @@ class Plan:
     started: float  # time.perf_counter() when the request came: time to first token counts from here
     expected_position: int | None = None  # sessions: refuse (PositionConflict) unless the session is there
     owner: str = ""  # the API key's principal ("" without keys): its concurrent generations are limited
+    slot: StreamSlot | None = field(default=None, compare=False)  # the generation's place in the owner's limit
+
+
+class StreamSlot:
+    """One of an owner's concurrent generations, taken when the plan is made (check and count in one step, no
+    await in between, so concurrent requests cannot all pass the check) and given back when its stream ends --
+    or when a plan that never streamed is dropped."""
+
+    def __init__(self, counts: Counter[str], owner: str, metrics: Metrics) -> None:
+        self._counts, self._owner, self._metrics = counts, owner, metrics
+        self._held = True
+        counts[owner] += 1
+        metrics.streams_in_progress.inc()
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        self._counts[self._owner] -= 1
+        if not self._counts[self._owner]:
+            del self._counts[self._owner]
+        self._metrics.streams_in_progress.dec()
+
+    def __del__(self) -> None:
+        self.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,15 +185,14 @@ class Generator:
         started = time.perf_counter()
         engine = self._engine
         engine.check_accepting_new()  # new streams are refused once shutdown has begun
-        limit = engine.config.max_streams_per_key
-        if owner and limit and self._streams[owner] >= limit:
-            raise TooManyStreams(limit)
+        self._check_streams(owner)  # fail fast, before the awaits below
         prompt = engine.tokenize(text, tokens, required=False)
         if session_id is not None:
             # SessionNotFound, SessionExpired, PositionConflict answered with their status, not mid-stream.
             await engine.get_session(session_id, expected_position=expected_position)
         elif expected_position is not None:
             raise InvalidInput("expected_position applies to sessions only")
+        self._check_streams(owner)  # and again with the count, in one step: no await between them
         return Plan(
             params=params,
             prompt=prompt,
@@ -175,25 +200,34 @@ class Generator:
             started=started,
             expected_position=expected_position,
             owner=owner,
+            slot=StreamSlot(self._streams, owner, engine.metrics),
         )
 
+    def _check_streams(self, owner: str) -> None:
+        limit = self._engine.config.max_streams_per_key
+        if owner and limit and self._streams[owner] >= limit:
+            raise TooManyStreams(limit)
+
     async def run(self, plan: Plan) -> Finished:
-        """The whole generation at once."""
-        async with aclosing(self.stream(plan)) as events:
+        """The whole generation at once, or nothing: a generation that does not finish (a request timeout cancels
+        it, a step fails) puts its session back where it was before it, so "nothing changed" is true."""
+        async with aclosing(self.stream(plan, all_or_nothing=True)) as events:
             async for event in events:
                 if isinstance(event, Finished):
                     return event
         raise AssertionError("a generation always ends with Finished")
 
-    async def stream(self, plan: Plan) -> AsyncGenerator[Event, None]:
-        """Token events as they are produced, then Finished. Close it (aclose) when stopping early."""
+    async def stream(self, plan: Plan, *, all_or_nothing: bool = False) -> AsyncGenerator[Event, None]:
+        """Token events as they are produced, then Finished. Close it (aclose) when stopping early: the session
+        keeps exactly the tokens consumed. `all_or_nothing`: unless Finished is reached, the session is put back
+        where it was before the generation (prompt included)."""
         metrics = self._engine.metrics
         chars = self._engine.model.metadata.tokenizer.chars
-        metrics.streams_in_progress.inc()
-        self._streams[plan.owner] += 1
+        slot = plan.slot if plan.slot is not None else StreamSlot(self._streams, plan.owner, metrics)
         try:
-            async with self._hold(plan) as lease:
+            async with self._hold(plan) as lease, self._undo_unless_finished(lease, all_or_nothing) as written:
                 cursor = await self._start(plan, lease)
+                written.version = cursor.version
                 matcher = StopMatcher(plan.params.stop)
                 ids: list[int] = []
                 finish: FinishReason = "length"
@@ -201,6 +235,7 @@ class Generator:
                 for k in range(plan.params.max_tokens):
                     token, before = cursor.next_token, cursor
                     cursor = await self._advance(plan, lease, cursor, k + 1)  # feeds `token`: it is now in the session
+                    written.version = cursor.version
                     now = time.perf_counter()
                     (metrics.time_to_first_token if k == 0 else metrics.inter_token_latency).observe(now - last)
                     last = now
@@ -214,6 +249,7 @@ class Generator:
                         finish = "stop"
                         break
                 prompt_tokens = 0 if plan.prompt is None else len(plan.prompt)
+                written.finished = True  # before the yield: a consumer that closes after Finished keeps it all
                 yield Finished(
                     text="".join(chars[i] for i in ids),
                     tokens=tuple(ids),
@@ -223,12 +259,24 @@ class Generator:
                     stop=matcher.matched,
                 )
         finally:
-            metrics.streams_in_progress.dec()
-            self._streams[plan.owner] -= 1
-            if not self._streams[plan.owner]:
-                del self._streams[plan.owner]
+            slot.release()
 
     # ---- steps -------------------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def _undo_unless_finished(self, lease: SessionLease | None, enabled: bool) -> AsyncIterator[_Written]:
+        """With `enabled`, remember the session as it was; if the generation ends before Finished (cancelled,
+        failed), write it back, compare-and-set on the generation's own last write."""
+        written = _Written()
+        if not enabled or lease is None:
+            yield written
+            return
+        record, h, c = await lease.read()
+        try:
+            yield written
+        finally:
+            if not written.finished and written.version is not None:
+                await lease.restore(h, c, record.position, written.version)
+
     @asynccontextmanager
     async def _hold(self, plan: Plan) -> AsyncIterator[SessionLease | None]:
         """The session's lease for the whole generation (no other request to it in between); None if stateless."""
@@ -281,6 +329,12 @@ class Generator:
         if lease is None or after.version is None:
             return
         await lease.restore(before.h, before.c, before.position, after.version)
+
+
+@dataclass(slots=True)
+class _Written:
+    version: int | None = None  # the session's version after the generation's last write
+    finished: bool = False
 
 
 def _cursor(result: StepResult) -> _Cursor:

@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 
+from service.engine.topk import TokenProb
 from service.errors import PositionConflict
 from service.state.store import SessionRecord
 
@@ -26,6 +27,7 @@ class StepResult:
     h: np.ndarray  # (layers, hidden): the state after the step
     c: np.ndarray  # (layers, hidden)
     token: int | None = None  # steps with `sample_next`: the next token, drawn from this step's last logits
+    top: list[TokenProb] | None = None  # steps with `top_k`: the most likely next tokens, most likely first
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,3 +32,20 @@ def top_k(logits: np.ndarray, k: int, tokenizer: CharTokenizer) -> list[TokenPro
     # lexsort's last key is primary: probability descending, then id ascending for a deterministic order.
     order = np.lexsort((np.arange(probs.shape[0]), -probs))[:k]
     return [TokenProb(token=tokenizer.chars[i], id=int(i), prob=float(probs[i])) for i in order]
+
+
+def top_k_rows(logits: np.ndarray, ks: list[int], tokenizer: CharTokenizer) -> list[list[TokenProb]]:
+    """top_k for several rows at once: (n, V) logits, one k per row; one softmax and one sort for the batch."""
+    z = logits.astype(np.float64)  # (n, V)
+    z -= z.max(axis=1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(axis=1, keepdims=True)
+    # A stable sort of -p keeps equal probabilities in id order: the same order as top_k's lexsort.
+    order = np.argsort(-probs, axis=1, kind="stable")  # (n, V)
+    chars, vocab = tokenizer.chars, probs.shape[1]
+    out = []
+    for row, k in enumerate(ks):
+        ids = order[row, : max(1, min(k, vocab))].tolist()
+        p = probs[row, ids].tolist()
+        out.append([TokenProb(chars[i], i, q) for i, q in zip(ids, p, strict=True)])
+    return out

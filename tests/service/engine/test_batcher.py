@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.engine.batcher import Batcher, WorkItem, staircase
+from service.engine.batcher import MAX_CONFLICT_RETRIES, Batcher, WorkItem, staircase
 from service.engine.runtime import OnnxRuntime
 from service.errors import Draining, PositionConflict, SessionNotFound
 from service.metrics import Metrics
 from service.state.memory import MemoryStateStore
+from service.state.store import SessionRecord
 
 RNG = np.random.default_rng(0)
 
@@ -119,11 +120,44 @@ async def test_a_write_that_lost_the_race_fails_and_changes_nothing(runtime: Onn
             position=3,
         )
     ).session_id
-    with pytest.raises(PositionConflict) as info:
-        await batcher.submit(WorkItem(ids=ids(4), session_id=sid))
+    with pytest.raises(PositionConflict) as info:  # the client stated its expectation: refused, as it asked
+        await batcher.submit(WorkItem(ids=ids(4), session_id=sid, expected_position=3))
     assert (info.value.expected, info.value.actual) == (3, 0)
     record, h, _ = await store.get_state(sid)
     assert record.position == 0 and not h.any()  # the other writer's reset stands
+    # Without a stated position the step is re-run on the new state; a writer that wins every race exhausts the
+    # bounded retries, and the 409 says what happened instead of claiming an expectation.
+    with pytest.raises(PositionConflict) as info:
+        await batcher.submit(WorkItem(ids=ids(4), session_id=sid))
+    assert info.value.expected is None and "another writer" in info.value.message
+    assert f"tried {MAX_CONFLICT_RETRIES + 1} times" in info.value.message
+    record, h, _ = await store.get_state(sid)
+    assert record.position == 0 and not h.any()
+    await batcher.stop()
+
+
+async def test_a_step_without_expected_position_is_rerun_after_another_writer(runtime: OnnxRuntime) -> None:
+    """Finding: two replicas on one Redis answered 409 "not the expected 24" to predicts that stated no position.
+    Another writer moves the session once while the step runs: the step is applied on top of its write."""
+    raced = False
+
+    class OnceRacingStore(MemoryStateStore):
+        async def save_many(self, session_ids, h, c, positions, expected_versions):  # type: ignore[no-untyped-def]
+            nonlocal raced
+            if not raced:
+                raced = True  # the other replica's step of 2 tokens lands first
+                loaded = await self.load_many(session_ids[:1])
+                record = loaded.records[0]
+                assert isinstance(record, SessionRecord)
+                await super().save_many(session_ids[:1], loaded.h, loaded.c, [record.position + 2], [record.version])
+            return await super().save_many(session_ids, h, c, positions, expected_versions)
+
+    store = OnceRacingStore(runtime.layers, runtime.hidden, 4)
+    batcher = make_batcher(runtime, store)
+    batcher.start()
+    sid = (await store.create(ttl_s=60, position=3)).session_id
+    result = await batcher.submit(WorkItem(ids=ids(4), session_id=sid))
+    assert raced and result.position == 3 + 2 + 4  # applied after the other writer's step, not lost, not refused
     await batcher.stop()
 
 
