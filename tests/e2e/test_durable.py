@@ -66,9 +66,14 @@ def test_sigkill_under_20_stepping_clients_loses_no_acknowledged_step(launch: La
         steppers = [Stepper(client.post("/v1/sessions", json={}).json()["session_id"]) for _ in range(CLIENTS)]
     killed = threading.Event()
     threads = [threading.Thread(target=s.run, args=(first, killed), daemon=True) for s in steppers]
+    started = time.monotonic()
     for t in threads:
         t.start()
-    time.sleep(RUN_S)
+    deadline = time.monotonic() + 60  # a few seconds of steps; longer only on a machine too busy to make them
+    while time.monotonic() < deadline and (
+        time.monotonic() - started < RUN_S or sum(s.acked for s in steppers) < CLIENTS * 10
+    ):
+        time.sleep(0.05)
     first.stop()  # SIGKILL, mid-traffic: no final snapshot
     killed.set()
     for t in threads:
@@ -76,7 +81,7 @@ def test_sigkill_under_20_stepping_clients_loses_no_acknowledged_step(launch: La
         assert not t.is_alive()
     assert not [s.unexpected for s in steppers if s.unexpected]
     acknowledged = sum(s.acked for s in steppers)
-    assert acknowledged >= CLIENTS * 5, "the clients barely stepped"
+    assert acknowledged >= CLIENTS * 10, "the clients barely stepped"
 
     second = launch("second", **env)
     second.wait_ready()
