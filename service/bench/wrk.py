@@ -142,7 +142,8 @@ def run(host: str, port: int, conns: Sequence[Conn], duration_s: float, timeout_
     out: dict[str, Any] = json.loads(line[len(MARK) :])
     out["wall_s"] = wall
     out["cpu_s"] = cpu
-    out["command"] = " ".join(["wrk", *cmd[1:-2], "--", "CONNS.lua"])
+    shown = [*cmd[1:-4], "predict.lua", "http://HOST:PORT", "--", "CONNS.lua"]  # no temporary paths or ports
+    out["command"] = " ".join(["wrk", *shown])
     return out
 
 
