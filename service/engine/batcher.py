@@ -46,7 +46,8 @@ from service.state.store import SessionRecord, StateStore
 
 log = logging.getLogger(__name__)
 
-MAX_CONFLICT_RETRIES = 5  # a step without expected_position, re-run after other writers changed its session
+MAX_CONFLICT_RETRIES = 32  # a step without expected_position, re-run after other writers changed its session:
+# each conflict means another writer committed a step, so a step loses only while others keep winning
 
 
 @dataclass(eq=False)
