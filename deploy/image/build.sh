@@ -108,12 +108,15 @@ make_base() {
 
 # The wheelhouse: every dependency and build requirement of pyproject.toml, resolved and downloaded by the base
 # image's own pip (so the wheels fit its Python) in a throwaway container. It is complete for this pyproject.toml,
-# so the build installs from it without an index. Redone when pyproject.toml or the base changes, and daily so
-# that new releases come in; pip then downloads only the files the wheelhouse lacks (a few seconds of index
-# queries when nothing is new).
+# so the build installs from it without an index. Redone when the dependencies or build requirements in
+# pyproject.toml or the base change, and daily so that new releases come in; pip then downloads only the files the
+# wheelhouse lacks (index queries only when nothing is new).
 fill_wheelhouse() {
     local stamp ctr
-    stamp=$({ cat pyproject.toml; buildah images -q --no-trunc "$BASE_IMAGE"; } | sha256sum)
+    stamp=$({
+        sed -n -e '/^dependencies = \[/,/^\]/p' -e '/^\[build-system\]/,/^\[project\]/p' pyproject.toml
+        buildah images -q --no-trunc "$BASE_IMAGE"
+    } | sha256sum)
     if [ "$(cat "$CACHE/wheelhouse.stamp" 2>/dev/null)" = "$stamp" ] \
         && [ -n "$(find "$CACHE/wheelhouse.stamp" -mmin -1440 2>/dev/null)" ]; then
         return
