@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     )
 
     # Sessions and their state
+    prefill_chunk_tokens: int = Field(
+        default=128,
+        ge=0,
+        le=1_000_000,
+        description="Long inputs are fed this many tokens per batch turn, so other sessions' short steps and stream "
+        "tokens run between the chunks (chunked prefill); the result is the same as feeding it whole. 0 = whole.",
+    )
     state_backend: Literal["memory", "redis"] = Field(default="memory", description="Where session states live.")
     redis_url: str = Field(default="redis://localhost:6379/0", description="Redis URL for state_backend=redis.")
     redis_key_prefix: str = Field(
@@ -289,6 +296,7 @@ class Settings(BaseSettings):
         return EngineConfig(
             max_batch_size=self.max_batch_size,
             max_batch_delay_s=self.max_batch_delay_s,
+            prefill_chunk_tokens=self.prefill_chunk_tokens,
             max_text_length=self.max_text_length,
             max_inspect_length=self.max_inspect_length,
             session_ttl_s=self.session_ttl_s,
