@@ -12,6 +12,7 @@ from service.bench.plots import write_plots
 from service.bench.report_sections import (
     fmt,
     section_baselines,
+    section_fairness,
     section_gpu,
     section_limit,
     section_memory,
@@ -163,6 +164,7 @@ def render(results: dict[str, Any], plots: dict[str, str]) -> str:
         section_steps,
         section_gpu,
         section_optimisations,
+        section_fairness,
     ):
         lines += section(results, plots)
     lines += section_missed(results)

@@ -397,3 +397,35 @@ def section_optimisations(results: dict[str, Any], plots: Plots) -> list[str]:
         else:
             micro.append([m["what"], f"{m['us']:.1f} µs", ""])
     return [*lines, *table(["hot-path cost", "figure", "ratio"], micro), ""]
+
+
+def section_fairness(results: dict[str, Any], plots: Plots) -> list[str]:
+    fair = results.get("fairness")
+    head = ["## 10. Fair scheduling: short steps beside long prompts", ""]
+    if fair is None:
+        return [*head, "Not run (`--only` left it out).", ""]
+    rows = [
+        [
+            label,
+            str(p.get("short_requests", "-")),
+            fmt(p.get("p50_ms")),
+            fmt(p.get("p99_ms")),
+            fmt(p.get("long_chars_per_s"), 0),
+        ]
+        for label, p in (
+            ("chunked prefill (default)", fair.get("main") or {}),
+            ("whole inputs (0)", fair.get("unchunked") or {}),
+        )
+    ]
+    ratio = fair.get("p99_ratio_on_off")
+    return [
+        *head,
+        f"One-character predicts on one session while {fair['long_clients']} clients send "
+        f"{fair['long_chars']:,}-character prompts to /v1/predict, {fair['seconds']:g} s each, servers side by side "
+        "(`--prefill-chunk-tokens 0` feeds inputs whole).",
+        "",
+        *table(["server", "short predicts", "p50 (ms)", "p99 (ms)", "long chars/s"], rows),
+        "",
+        f"p99 with chunking / without: {fmt(ratio)}x." if ratio is not None else "",
+        "",
+    ]

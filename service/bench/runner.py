@@ -20,6 +20,7 @@ from model.paths import BUNDLED_MODEL
 from service.bench import plan as plans
 from service.bench import profile, servers, targets
 from service.bench.context import Context, Target
+from service.bench.fairness import scenario_fairness
 from service.bench.machine import commit, cpu_available, machine_info
 from service.bench.optimise import scenario_optimisations
 from service.bench.scenarios import (
@@ -41,6 +42,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "memory": scenario_memory,
     "optimisations": scenario_optimisations,
     "gpu": scenario_gpu,
+    "fairness": scenario_fairness,
 }
 # The servers each scenario drives (the product server "main" may instead be given by --url).
 NEEDS: dict[str, set[str]] = {
@@ -50,6 +52,7 @@ NEEDS: dict[str, set[str]] = {
     "steps": {"main"},
     "optimisations": {"main", "h11", "quiet", "switch", "otel", "noop"},
     "gpu": {"gpu"},
+    "fairness": {"main", "unchunked"},
 }
 DEFAULT_OUT = Path("docs/benchmarks")
 SHORT_OUT = Path("build/bench-short")
@@ -69,6 +72,7 @@ def server_specs(model: Path, plan: plans.Plan, fp32: Path | None = None) -> dic
         ),
         "h11": servers.ServerSpec("h11", "service.bench.serve", ["--loop", "asyncio", "--http", "h11", *main]),
         "quiet": servers.ServerSpec("quiet", "service", [*main, "--log-level", "WARNING"]),
+        "unchunked": servers.ServerSpec("unchunked", "service", [*main, "--prefill-chunk-tokens", "0"]),
         "switch": servers.ServerSpec("switch", "service", [*main, "--gil-switch-interval-ms", "5"]),
         "otel": servers.ServerSpec("otel", "service", [*main, "--opentelemetry"]),
     }

@@ -52,7 +52,7 @@ def short_run(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 def test_short_bench_writes_report_results_and_plots(short_run: tuple[Path, dict[str, Any]]) -> None:
     out, results = short_run
-    for scenario in ("limit", "predict", "resend", "stream", "steps", "memory", "optimisations", "gpu"):
+    for scenario in ("limit", "predict", "resend", "stream", "steps", "memory", "optimisations", "gpu", "fairness"):
         assert scenario in results, scenario
     assert [r["batch"] for r in results["limit"]["batches"]] == [1, 16]
     for name in ("main", "off", "noop", "torch", *(("litserve",) if HAS_LITSERVE else ())):
@@ -66,6 +66,9 @@ def test_short_bench_writes_report_results_and_plots(short_run: tuple[Path, dict
     assert [r["position"] for r in results["steps"]["stateful"]] == [10, 1000]
     assert [p["sessions"] for p in results["memory"]["points"]] == [1000, 10000]
     assert results["gpu"]["status"] == "ok" or results["gpu"]["status"].startswith("not run")
+    fair = results["fairness"]
+    assert fair["main"]["short_requests"] > 0 and fair["unchunked"]["short_requests"] > 0
+    assert "## 10. Fair scheduling" in (out / "README.md").read_text()
     names = {t["name"] for t in results["targets"]}
     assert names >= {"predict_1_p50", "predict_16_throughput", "stream_1_vs_limit", "stream_16_vs_limit"}
     assert names >= {"vs_litserve_throughput", "vs_litserve_p99", "int8_speed_1", "int8_speed_16", "int8_loss"}
