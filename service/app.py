@@ -16,17 +16,27 @@ from fastapi import Depends, FastAPI
 from fastapi.security import HTTPBearer
 
 from service import __version__
-from service.api import errors, generate, health, inspect, model_info, openai, predict, sessions, v2, websocket
+from service.api import (
+    errors,
+    generate,
+    health,
+    inspect,
+    model_info,
+    openai,
+    predict,
+    repository,
+    sessions,
+    v2,
+    websocket,
+)
 from service.api.access import AccessControl
 from service.api.middleware import ServiceMiddleware
 from service.api.playground import routes as playground
 from service.config import Settings
 from service.engine.engine import Engine
-from service.engine.generation import Generator
-from service.engine.inspection import Inspector
 from service.engine.runtime import OnnxRuntime, verify_sha256
-from service.engine.sequences import Sequences
 from service.metrics import Metrics, MetricsServer
+from service.registry import ModelRegistry
 from service.security.keys import KeyRing
 from service.security.ratelimit import RateLimiter
 from service.state.memory import MemoryStateStore
@@ -145,21 +155,29 @@ class Serving:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """The app; its lifespan loads and warms the model, and drains the engine on shutdown."""
-    serving = Serving(settings)
+    """The app; its lifespan loads and warms the model (every version of a model repository), and drains the
+    engines on shutdown."""
+    metrics = Metrics()
+    registry = ModelRegistry(settings, metrics, Serving)
+    serving = registry.primary.serving  # the default model's (first-loaded version's) unit
     engine = serving.engine
-    keys = KeyRing.from_settings(settings.api_key_list, settings.api_key_file)
+    api_keys = settings.api_key_list
+    keys = KeyRing.from_settings(api_keys, settings.api_key_file)
+    admin_keys = KeyRing([])
+    if keys.enabled and settings.admin_api_key_list:  # admin keys matter only when keys are on; they are keys too
+        admin_keys = KeyRing.from_settings(settings.admin_api_key_list, None)
+        keys = KeyRing.from_settings([*api_keys, *settings.admin_api_key_list], settings.api_key_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics_server = None
         if settings.metrics_port is not None:
-            metrics_server = MetricsServer(engine.metrics, settings.host, settings.metrics_port)
-        await serving.start()
+            metrics_server = MetricsServer(metrics, settings.host, settings.metrics_port)
+        await registry.start()
         try:
             yield
         finally:
-            await serving.stop()
+            await registry.stop()
             if metrics_server is not None:
                 metrics_server.close()
 
@@ -174,23 +192,26 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.serving = serving
     app.state.engine = engine
     app.state.settings = settings
-    app.state.generator = Generator(engine)
-    app.state.inspector = Inspector(engine)
-    app.state.sequences = Sequences(engine)
+    app.state.registry = registry
+    app.state.keys = keys
+    app.state.admin_keys = admin_keys
+    app.state.generator = registry.primary.generator
+    app.state.inspector = registry.primary.inspector
+    app.state.sequences = registry.primary.sequences
     # With keys, the guarded routers declare the Bearer scheme, so /docs shows it and offers "Authorize". The
     # check itself is ServiceMiddleware's (it also covers the WebSocket); the declaration answers nothing.
     guard = (
         [Depends(HTTPBearer(auto_error=False, description="An API key (LSTM_SERVE_API_KEYS)."))] if keys.enabled else []
     )
-    for module in (predict, sessions, generate, websocket, inspect, openai, v2, model_info):
+    for module in (predict, sessions, generate, websocket, inspect, openai, v2, repository, model_info):
         app.include_router(module.router, dependencies=guard)
     app.include_router(health.router)
     app.include_router(playground.router)  # GET / and its static files: open, like /docs
-    errors.install(app, engine.metrics)
+    errors.install(app, metrics)
     app.add_middleware(
         ServiceMiddleware,
-        access=AccessControl(keys, RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst), engine.metrics),
-        metrics=engine.metrics,
+        access=AccessControl(keys, RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst), metrics),
+        metrics=metrics,
         max_bytes=settings.max_request_bytes,
         timeout_s=settings.request_timeout_s,
     )

@@ -26,6 +26,28 @@ class Settings(BaseSettings):
 
     # The model and where it runs
     model_path: Path = Field(default=BUNDLED_MODEL, description="ONNX model exported by `lstm-serve export`.")
+    model_repository: Path | None = Field(
+        default=None,
+        description="Serve every version of every model in this repository (REPO/<name>/<version>/model.onnx, "
+        "as `lstm-serve export --repository` writes it) instead of one model_path.",
+    )
+    model_repository_poll_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=86_400,
+        description="Seconds between scans of model_repository for new (and removed) versions; 0 = no polling "
+        "(POST /v2/repository/models/{name}/load still loads new versions).",
+    )
+    default_model: str | None = Field(
+        default=None,
+        description="The model used when a request names none (with model_repository; default: the only model, "
+        "or the bundled model's name).",
+    )
+    admin_api_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="Comma-separated keys for the repository API (/v2/repository: index, load, unload); needed "
+        "there whenever API keys are on. Admin keys are valid API keys too.",
+    )
     provider: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",
         description="Execution provider: auto (CUDA when onnxruntime-gpu and a GPU are present), cpu, cuda.",
@@ -253,6 +275,13 @@ class Settings(BaseSettings):
             raise ValueError(str(exc)) from None
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("model_repository") and data.get("model_path"):
+            raise ValueError("give model_repository or model_path, not both")
+        return data
+
     @model_validator(mode="after")
     def _served_precision(self) -> Settings:
         if "model_path" not in self.model_fields_set:
@@ -279,6 +308,8 @@ class Settings(BaseSettings):
                 "durable needs the memory backend and snapshot_path (LSTM_SERVE_SNAPSHOT_PATH): the journal is "
                 "kept beside the snapshot; Redis keeps its own persistence"
             )
+        if self.model_repository is not None and not self.model_repository.is_dir():
+            raise ValueError(f"model_repository {self.model_repository} is not a directory")
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise ValueError(f"metrics_port {self.metrics_port} is the API port; choose another or leave it unset")
         return self
@@ -286,6 +317,10 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+    @property
+    def admin_api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.admin_api_keys.get_secret_value().split(",") if k.strip()]
 
     @property
     def max_batch_delay_s(self) -> float:

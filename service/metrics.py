@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any, cast
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
 PREFIX = "lstm_serve_"
@@ -109,6 +112,42 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Per model version (a model repository): labels bounded by the versions loaded, never by client input.
+        mv = ["model", "version"]
+        self.model_ready = Gauge(
+            PREFIX + "model_ready",
+            "Per loaded model version: 1 loaded and warm, 0 loading, draining (unloaded, sessions left) or stopped.",
+            mv,
+            registry=r,
+        )
+        self.model_sessions = Gauge(
+            PREFIX + "model_sessions", "Sessions held by each model version's state store.", mv, registry=r
+        )
+        self.model_sessions_created = Counter(
+            PREFIX + "model_sessions_created", "Sessions created on each model version.", mv, registry=r
+        )
+        self.model_tokens = Counter(
+            PREFIX + "model_tokens", "Tokens run through each model version, by kind.", [*mv, "kind"], registry=r
+        )
+        self.model_batch_size = Histogram(
+            PREFIX + "model_batch_size",
+            "Work items per batch of each model version (batches never mix versions).",
+            mv,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            PREFIX + "model_load_failures",
+            "Model versions of the repository that failed to load (the server keeps serving the others).",
+            mv,
+            registry=r,
+        )
+        self.model_draining = Gauge(
+            PREFIX + "model_draining",
+            "1 while an unloaded model version still serves its sessions (freed when they end).",
+            mv,
+            registry=r,
+        )
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)
         for kind in ("prompt", "generated"):
@@ -119,6 +158,89 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format of this app's registry."""
         return generate_latest(self.registry)
+
+
+class _Tee:
+    """Updates the server-wide metric and the model version's labelled one together."""
+
+    def __init__(self, total: Any, own: Any) -> None:
+        self._total, self._own = total, own
+
+    def inc(self, amount: float = 1) -> None:
+        self._total.inc(amount)
+        self._own.inc(amount)
+
+    def observe(self, amount: float) -> None:
+        self._total.observe(amount)
+        self._own.observe(amount)
+
+
+class _TeeGauge(_Tee):
+    """A version's gauge inside the server-wide sum: `set` moves the sum by the difference."""
+
+    def __init__(self, total: Gauge, own: Gauge) -> None:
+        super().__init__(total, own)
+        self._value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        super().inc(amount)
+        self._value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.inc(-amount)
+
+    def set(self, value: float) -> None:
+        self._total.inc(value - self._value)
+        self._own.set(value)
+        self._value = value
+
+    def clear(self) -> None:
+        """The version is freed: its share leaves the sum."""
+        self.set(0)
+
+
+class _TeeLabels:
+    def __init__(self, total: Counter, own: Counter, prefix: tuple[str, ...]) -> None:
+        self._total, self._own, self._prefix = total, own, prefix
+
+    def labels(self, *values: str) -> _Tee:
+        return _Tee(self._total.labels(*values), self._own.labels(*self._prefix, *values))
+
+
+class ModelMetrics(Metrics):
+    """What one model version's engine records into: the server's metrics, with sessions, tokens, batch sizes and
+    readiness also counted under {model, version}. Readiness is the version's own (`lstm_serve_ready` is the default
+    model's, set by the registry)."""
+
+    def __init__(self, base: Metrics, model: str, version: str) -> None:
+        self.__dict__.update(base.__dict__)
+        self.base, self.labels = base, (model, version)
+        self.active_sessions_share = _TeeGauge(base.active_sessions, base.model_sessions.labels(model, version))
+        self.ready = base.model_ready.labels(model, version)
+        self.active_sessions = cast(Gauge, self.active_sessions_share)
+        self.sessions_created = cast(
+            Counter, _Tee(base.sessions_created, base.model_sessions_created.labels(model, version))
+        )
+        self.tokens = cast(Counter, _TeeLabels(base.tokens, base.model_tokens, (model, version)))
+        self.batch_size = cast(Histogram, _Tee(base.batch_size, base.model_batch_size.labels(model, version)))
+        for kind in ("prompt", "generated"):
+            base.model_tokens.labels(model, version, kind)
+
+    def forget(self) -> None:
+        """The version is freed: its labelled series go (the repository bounds them)."""
+        self.active_sessions_share.clear()
+        for metric in (
+            self.base.model_ready,
+            self.base.model_sessions,
+            self.base.model_sessions_created,
+            self.base.model_batch_size,
+            self.base.model_draining,
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(*self.labels)
+        for kind in ("prompt", "generated"):
+            with contextlib.suppress(KeyError):
+                self.base.model_tokens.remove(*self.labels, kind)
 
 
 class MetricsServer:

@@ -26,3 +26,31 @@ def owner_of(session_id: str) -> str:
     """The principal a session id belongs to ("" for sessions made without API keys)."""
     owner, sep, _ = session_id.rpartition(OWNER_SEPARATOR)
     return owner if sep else ""
+
+
+# ---- model version tags (a model repository) -------------------------------------------------------------------
+# A session made on a version of a repository's model carries `~<name>-<version>` after its principal
+# (`<principal>~<name>-<version>.<random>`, or `~<name>-<version>.<random>` without keys): the session stays pinned
+# to that version and any route finds its engine from the id alone. The state stores see principal and tag together
+# as the session's owner (forks keep both); ids without a tag keep their meaning. '~' is in neither a principal nor
+# a model name nor the random part.
+TAG_SEPARATOR = "~"
+
+
+def tagged_owner(principal: str, model: str, version: str) -> str:
+    """The owner to create a session with on a repository's model version."""
+    return f"{principal}{TAG_SEPARATOR}{model}-{version}"
+
+
+def session_owner(session_id: str) -> str:
+    """Who a session id belongs to (`owner_of`) without any model version tag."""
+    return owner_of(session_id).partition(TAG_SEPARATOR)[0]
+
+
+def model_tag(session_id: str) -> tuple[str, str] | None:
+    """(model name, version) of a tagged session id; None for an id without a tag."""
+    _, sep, tag = owner_of(session_id).partition(TAG_SEPARATOR)
+    if not sep:
+        return None
+    name, dash, version = tag.rpartition("-")
+    return (name, version) if dash and name else None

@@ -23,7 +23,7 @@ from service.errors import SessionNotFound
 from service.metrics import Metrics
 from service.security.keys import ANONYMOUS, KeyRing, bearer_token
 from service.security.ratelimit import RateLimiter, retry_after_header
-from service.session_ids import owner_of
+from service.session_ids import session_owner
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def caller_of(connection: HTTPConnection) -> str:
 
 def check_owner(connection: HTTPConnection, session_id: str) -> None:
     """SessionNotFound unless the caller owns the session: another key's session does not exist for it."""
-    if owner_of(session_id) != caller_of(connection):
+    if session_owner(session_id) != caller_of(connection):  # a model version's tag is not who owns it
         raise SessionNotFound(session_id)
 
 

@@ -1,5 +1,10 @@
-"""Everything a route needs, as typed dependencies: the engine, its generation, inspection and V2 sequence
-services, and the settings. create_app puts them on app.state; nothing else reads app.state.
+"""Everything a route needs, as typed dependencies: the model registry, the engine, its generation, inspection and
+V2 sequence services, and the settings. create_app puts them on app.state; nothing else reads app.state.
+
+Which engine: a route with a session in its path (`{id}`) gets the engine of the model version the session is
+pinned to (from the id alone, service/session_ids.py); a V2 route the one its `{name}` (and `{version}`) path names;
+any other route the default model's latest version. Routes whose body names a model (`model`, `version`) ask the
+registry themselves (`RegistryDep.resolve`). The Generator, Inspector and Sequences are the chosen engine's.
 
 HTTPConnection rather than Request, so that WebSocket routes depend on them the same way.
 """
@@ -16,12 +21,34 @@ from service.engine.engine import Engine
 from service.engine.generation import Generator
 from service.engine.inspection import Inspector
 from service.engine.sequences import Sequences
+from service.registry import ModelRegistry, Unit
+
+
+async def get_registry(connection: HTTPConnection) -> ModelRegistry:
+    registry: ModelRegistry = connection.app.state.registry
+    return registry
 
 
 # async: a plain def dependency would be run in a worker thread, a needless hop (and reordering) per request
+async def get_unit(connection: HTTPConnection) -> Unit:
+    """The model version this request works on: its session's, its V2 path's, or the default's."""
+    registry: ModelRegistry = connection.app.state.registry
+    params = connection.path_params
+    session_id = params.get("id")
+    if session_id is not None:
+        return registry.for_session(session_id)
+    name = params.get("name")
+    if name is not None and connection.url.path.startswith("/v2/models/"):
+        return registry.resolve(name, params.get("version"))
+    return registry.resolve()
+
+
 async def get_engine(connection: HTTPConnection) -> Engine:
-    engine: Engine = connection.app.state.engine
-    return engine
+    params = connection.path_params
+    if "id" not in params and "name" not in params:  # readiness, model facts: the default model's engine
+        registry: ModelRegistry = connection.app.state.registry
+        return registry.default_engine()
+    return (await get_unit(connection)).engine
 
 
 async def get_settings(connection: HTTPConnection) -> Settings:
@@ -30,20 +57,19 @@ async def get_settings(connection: HTTPConnection) -> Settings:
 
 
 async def get_generator(connection: HTTPConnection) -> Generator:
-    generator: Generator = connection.app.state.generator
-    return generator
+    return (await get_unit(connection)).generator
 
 
 async def get_inspector(connection: HTTPConnection) -> Inspector:
-    inspector: Inspector = connection.app.state.inspector
-    return inspector
+    return (await get_unit(connection)).inspector
 
 
 async def get_sequences(connection: HTTPConnection) -> Sequences:
-    sequences: Sequences = connection.app.state.sequences
-    return sequences
+    return (await get_unit(connection)).sequences
 
 
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+UnitDep = Annotated[Unit, Depends(get_unit)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 GeneratorDep = Annotated[Generator, Depends(get_generator)]

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from service.api.access import CallerDep, SessionId
-from service.api.deps import GeneratorDep, SettingsDep
+from service.api.deps import GeneratorDep, RegistryDep, SettingsDep
 from service.api.errors import responses
 from service.api.schemas_generate import (
     GenerateRequest,
@@ -82,10 +82,14 @@ async def session_generate(
     return await _answer(generator, plan, body.stream, settings)
 
 
-@router.post("/v1/generate", response_model=GenerateResponse, responses={**SSE_RESPONSES, **responses(400, 413, 422)})
+@router.post(
+    "/v1/generate", response_model=GenerateResponse, responses={**SSE_RESPONSES, **responses(400, 404, 413, 422)}
+)
 async def generate(
-    body: GenerateRequest, generator: GeneratorDep, settings: SettingsDep, caller: CallerDep
+    body: GenerateRequest, registry: RegistryDep, settings: SettingsDep, caller: CallerDep
 ) -> Response | GenerateResponse:
-    """Stateless generation: feed the prompt from a zero state and generate; nothing is stored."""
+    """Stateless generation: feed the prompt from a zero state and generate; nothing is stored. `model` and
+    `version` choose the model (default: the default model's latest version)."""
+    generator = registry.resolve(body.model, body.version).generator
     plan = await generator.prepare(sampling_params(generator, body), text=body.text, tokens=body.tokens, owner=caller)
     return await _answer(generator, plan, body.stream, settings)

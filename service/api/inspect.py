@@ -19,7 +19,7 @@ from fastapi import APIRouter, Response
 
 from model.reference import GateTrace
 from service.api.access import SessionId
-from service.api.deps import EngineDep, InspectorDep
+from service.api.deps import EngineDep, InspectorDep, RegistryDep
 from service.api.errors import error_response, responses
 from service.api.schemas import TokenProbability
 from service.api.schemas_generate import InspectRequest, InspectResponse
@@ -133,10 +133,13 @@ async def session_inspect(
     "/v1/inspect",
     response_model=InspectResponse,
     response_class=Response,
-    responses={200: {"content": {"application/json": {}}}, **responses(400, 413, 422)},
+    responses={200: {"content": {"application/json": {}}}, **responses(400, 404, 413, 422)},
 )
-async def inspect(body: InspectRequest, inspector: InspectorDep, engine: EngineDep) -> Response:
-    """Stateless gate inspection: the same, from a zero state; nothing is stored."""
+async def inspect(body: InspectRequest, registry: RegistryDep) -> Response:
+    """Stateless gate inspection: the same, from a zero state; nothing is stored. `model` and `version` choose the
+    model (default: the default model's latest version)."""
+    unit = registry.resolve(body.model, body.version)
+    inspector, engine = unit.inspector, unit.engine
     compact = _compact(body, engine)
     if isinstance(compact, Response):
         return compact

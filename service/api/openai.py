@@ -8,6 +8,7 @@ is known not to be one, so a client never sees part of a stop string.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Iterable, Sequence
@@ -16,12 +17,20 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from service.api.access import CallerDep, check_owner
-from service.api.deps import EngineDep, GeneratorDep, SettingsDep
+from service.api.deps import RegistryDep, SettingsDep
 from service.api.errors import responses
-from service.api.schemas_openai import Completion, CompletionChoice, CompletionRequest, ModelCard, ModelList, Usage
+from service.api.schemas_openai import (
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    ModelVersionCard,
+    Usage,
+)
 from service.api.sse import SSE_RESPONSES, event_stream
 from service.engine.generation import Finished, Token
-from service.errors import UnknownModel
+from service.errors import EngineError, UnknownModel
 
 router = APIRouter(tags=["openai"])
 
@@ -87,11 +96,37 @@ class CompletionChunks:
 
 
 @router.get("/v1/models", response_model=ModelList, responses=responses())
-async def models(engine: EngineDep) -> ModelList:
-    """The served model, as the OpenAI API lists models."""
-    engine.check_serving()
-    created = int(engine.model.path.stat().st_mtime)
-    return ModelList(data=[ModelCard(id=engine.model.metadata.name, created=created)])
+async def models(registry: RegistryDep) -> ModelList:
+    """The served models, as the OpenAI API lists models, each with its loaded versions (and those unloading,
+    still serving their sessions)."""
+    registry.default_engine().check_serving()
+    cards: dict[str, ModelCard] = {}
+    for unit in sorted(registry.units(), key=lambda u: (u.name, u.order)):
+        if unit.state not in ("READY", "UNLOADING"):
+            continue
+        model = unit.engine.model
+        card = cards.get(unit.name)
+        if card is None:
+            try:
+                created = int(model.path.stat().st_mtime)
+            except OSError:  # a version whose folder was removed (it is unloading)
+                created = int(unit.loaded_at)
+            card = cards[unit.name] = ModelCard(id=unit.name, created=created)
+        sessions = None
+        with contextlib.suppress(EngineError):
+            sessions = (await unit.engine.session_stats()).active
+        card.versions.append(
+            ModelVersionCard(
+                version=unit.version, state=unit.state, sessions=sessions, fingerprint=model.metadata.fingerprint
+            )
+        )
+    return ModelList(data=list(cards.values()))
+
+
+def _model_of(name: str) -> tuple[str, str | None]:
+    """`name`, or `name:version` for one version of a repository's model."""
+    base, sep, version = name.rpartition(":")
+    return (base, version) if sep and base and version.isdigit() else (name, None)
 
 
 @router.post(
@@ -99,17 +134,24 @@ async def models(engine: EngineDep) -> ModelList:
 )
 async def completions(
     body: CompletionRequest,
-    engine: EngineDep,
-    generator: GeneratorDep,
+    registry: RegistryDep,
     settings: SettingsDep,
     request: Request,
     caller: CallerDep,
 ) -> Response | Completion:
     """Complete the prompt, in the shape of OpenAI's completions API (streamed with `"stream": true`). With
-    `session_id`, the prompt and the completion are fed to that session, which remembers them."""
-    meta = engine.model.metadata
-    if body.model != meta.name:
-        raise UnknownModel(body.model, meta.name)
+    `session_id`, the prompt and the completion are fed to that session, which remembers them (on the session's
+    model version). `model` is a model's name (its latest version) or `name:version`."""
+    name, version = _model_of(body.model)
+    if body.session_id is not None:
+        check_owner(request, body.session_id)
+        unit = registry.for_session(body.session_id)
+        if name != unit.name or (version is not None and version != unit.version):
+            raise UnknownModel(body.model, f"{unit.name} (the session's model, version {unit.version})")
+    else:
+        unit = registry.resolve(name, version)
+    generator = unit.generator
+    meta = unit.engine.model.metadata
     params = generator.params(
         max_tokens=body.max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -119,12 +161,10 @@ async def completions(
         stop=body.stops(),
     )
     text, tokens = body.prompt_input()
-    if body.session_id is not None:
-        check_owner(request, body.session_id)
     plan = await generator.prepare(params, session_id=body.session_id, text=text, tokens=tokens, owner=caller)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     chunks = CompletionChunks(
-        model=meta.name, fingerprint=meta.fingerprint, stops=body.stops(), include_usage=include_usage
+        model=unit.name, fingerprint=meta.fingerprint, stops=body.stops(), include_usage=include_usage
     )
     if body.stream:
         return event_stream(generator.stream(plan), chunks, settings.shutdown_grace_s)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import EngineDep
+from service.api.deps import RegistryDep
 from service.api.errors import responses
 from service.api.schemas import PredictRequest, PredictResponse, TokenProbability
 
 router = APIRouter(tags=["prediction"])
 
 
-@router.post("/v1/predict", response_model=PredictResponse, responses=responses(400, 413, 422))
-async def predict(body: PredictRequest, engine: EngineDep) -> PredictResponse:
-    """Stateless prediction: feed the whole text (or token ids) and return the most likely next tokens."""
-    result = await engine.predict(text=body.text, tokens=body.tokens, top_k=body.top_k)
+@router.post("/v1/predict", response_model=PredictResponse, responses=responses(400, 404, 413, 422))
+async def predict(body: PredictRequest, registry: RegistryDep) -> PredictResponse:
+    """Stateless prediction: feed the whole text (or token ids) and return the most likely next tokens (on the
+    `model` and `version` named, by default the default model's latest version)."""
+    result = await registry.resolve(body.model, body.version).engine.predict(
+        text=body.text, tokens=body.tokens, top_k=body.top_k
+    )
     return PredictResponse(next=[TokenProbability.of(t) for t in result.next], position=result.position)

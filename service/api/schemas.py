@@ -82,6 +82,17 @@ class InputFields(Strict):
         return self
 
 
+class ModelChoice(BaseModel):
+    """Which model (and version) new work runs on, with a model repository; sessions keep theirs for life."""
+
+    model: str | None = Field(
+        default=None, max_length=256, description="The model's name (GET /v1/models); default: the default model."
+    )
+    version: int | str | None = Field(
+        default=None, description="The model's version; default: its latest loaded version."
+    )
+
+
 class RequiredInput(InputFields):
     @model_validator(mode="after")
     def _one(self) -> Self:
@@ -91,7 +102,7 @@ class RequiredInput(InputFields):
 
 
 # ---- stateless prediction ----------------------------------------------------------------------------------
-class PredictRequest(RequiredInput):
+class PredictRequest(RequiredInput, ModelChoice):
     model_config = ConfigDict(json_schema_extra={"examples": [{"text": "To be, or not to ", "top_k": 5}]})
 
 
@@ -132,7 +143,7 @@ class SessionState(Strict):
 TTL_DESCRIPTION = "Idle seconds before the session expires (default: the server's session_ttl_s)."
 
 
-class CreateSessionRequest(InputFields):
+class CreateSessionRequest(InputFields, ModelChoice):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{}, {"text": "ROMEO:\n", "top_k": 3}, {"ttl_seconds": 600}]}
     )
@@ -153,14 +164,18 @@ class SessionCreated(BaseModel):
     next: list[TokenProbability] | None = Field(
         default=None, description="Only when `text` or `tokens` primed the session: the most likely next tokens."
     )
+    model: str | None = Field(default=None, description="The model the session runs on, for its whole life.")
+    version: str | None = Field(default=None, description="The model version the session is pinned to.")
 
     @classmethod
-    def of(cls, r: SessionRecord, nxt: list[TokenProb] | None) -> SessionCreated:
+    def of(cls, r: SessionRecord, nxt: list[TokenProb] | None, model: tuple[str, str] | None = None) -> SessionCreated:
         return cls(
             session_id=r.session_id,
             position=r.position,
             expires_at=utc(r.expires_at),
             next=None if nxt is None else [TokenProbability.of(t) for t in nxt],
+            model=None if model is None else model[0],
+            version=None if model is None else model[1],
         )
 
 
@@ -195,9 +210,11 @@ class SessionInfo(BaseModel):
     last_used_at: datetime = Field(description="When a request last changed the session (UTC).")
     expires_at: datetime = Field(description="When the session expires if left idle (UTC).")
     ttl_seconds: float = Field(description="Idle seconds after which the session expires.")
+    model: str | None = Field(default=None, description="The model the session runs on, for its whole life.")
+    version: str | None = Field(default=None, description="The model version the session is pinned to.")
 
     @classmethod
-    def of(cls, r: SessionRecord) -> SessionInfo:
+    def of(cls, r: SessionRecord, model: tuple[str, str] | None = None) -> SessionInfo:
         return cls(
             session_id=r.session_id,
             position=r.position,
@@ -205,6 +222,8 @@ class SessionInfo(BaseModel):
             last_used_at=utc(r.last_used_at),
             expires_at=utc(r.expires_at),
             ttl_seconds=r.ttl_s,
+            model=None if model is None else model[0],
+            version=None if model is None else model[1],
         )
 
 

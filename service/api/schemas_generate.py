@@ -15,6 +15,7 @@ from service.api.schemas import (
     SESSION_ID,
     TEXT_DESCRIPTION,
     TOKENS_DESCRIPTION,
+    ModelChoice,
     Strict,
     TokenProbability,
 )
@@ -114,7 +115,7 @@ class SessionGenerateRequest(SessionGenerationFields):
     stream: bool = Field(default=False, description=STREAM_DESCRIPTION)
 
 
-class GenerateRequest(PromptFields):
+class GenerateRequest(PromptFields, ModelChoice):
     """Stateless generation from a zero state: the prompt is required and nothing is stored."""
 
     model_config = ConfigDict(
@@ -164,7 +165,7 @@ class GenerateFrame(Strict):
 
 
 # ---- inspection ----------------------------------------------------------------------------------------------
-class InspectRequest(Strict):
+class InspectRequest(Strict, ModelChoice):
     model_config = ConfigDict(json_schema_extra={"examples": [{"text": "To be"}]})
     text: str | None = Field(
         default=None,

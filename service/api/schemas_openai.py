@@ -139,13 +139,23 @@ class Completion(BaseModel):
     usage: Usage | None = Field(default=None, description="Token counts (streamed: only if asked for).")
 
 
+class ModelVersionCard(BaseModel):
+    version: str = Field(description="The version (a repository's folder number).")
+    state: str = Field(description="READY, or UNLOADING: unloaded, still serving its sessions until they end.")
+    sessions: int | None = Field(default=None, description="Sessions pinned to this version now.")
+    fingerprint: str = Field(description="SHA-256 over the version's weights.")
+
+
 class ModelCard(BaseModel):
     id: str = Field(description="The model's name, for `model` in requests.")
     object: Literal["model"] = Field(default="model", description="Always model.")
     created: int = Field(description="Unix time of the model file.")
     owned_by: str = Field(default="lstm-serve", description="Always lstm-serve.")
+    versions: list[ModelVersionCard] = Field(
+        default_factory=list, description="The versions loaded (the latest serves requests naming no version)."
+    )
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = Field(default="list", description="Always list.")
-    data: list[ModelCard] = Field(description="The served model.")
+    data: list[ModelCard] = Field(description="The served models.")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from service.api.access import CallerDep, SessionId
-from service.api.deps import EngineDep
+from service.api.deps import EngineDep, RegistryDep, UnitDep
 from service.api.errors import responses
 from service.api.schemas import (
     CreateSessionRequest,
@@ -34,24 +34,26 @@ def _log_session(request: Request, session_id: str) -> None:
     status_code=201,
     response_model=SessionCreated,
     response_model_exclude_none=True,
-    responses=responses(400, 413, 422, 429),
+    responses=responses(400, 404, 413, 422, 429),
 )
 async def create_session(
-    engine: EngineDep, request: Request, caller: CallerDep, body: CreateSessionRequest | None = None
+    registry: RegistryDep, request: Request, caller: CallerDep, body: CreateSessionRequest | None = None
 ) -> SessionCreated:
     """Create a session at position 0 (or from an exported `state`); if `text` or `tokens` are given, feed them
-    and return the next-token distribution too. The body may be omitted."""
+    and return the next-token distribution too. The body may be omitted. With a model repository, `model` and
+    `version` choose what it runs on (default: the default model's latest version); it stays there for life."""
     body = body if body is not None else CreateSessionRequest()
-    record, nxt = await engine.create_session(
+    unit = registry.resolve(body.model, body.version)
+    record, nxt = await unit.engine.create_session(
         text=body.text,
         tokens=body.tokens,
         top_k=body.top_k,
         ttl_s=body.ttl_seconds,
         state=None if body.state is None else body.state.portable(),
-        owner=caller,
+        owner=unit.owner(caller),
     )
     _log_session(request, record.session_id)
-    return SessionCreated.of(record, nxt)
+    return SessionCreated.of(record, nxt, (unit.name, unit.version))
 
 
 @router.post("/{id}/predict", response_model=SessionPredictResponse, responses=responses(400, 404, 409, 413, 422))
@@ -73,9 +75,9 @@ async def session_predict(
 
 
 @router.get("/{id}", response_model=SessionInfo, responses=responses(404, 422))
-async def get_session(session_id: SessionId, engine: EngineDep) -> SessionInfo:
-    """Position, creation time, last use and expiry of a session."""
-    return SessionInfo.of(await engine.get_session(session_id))
+async def get_session(session_id: SessionId, unit: UnitDep) -> SessionInfo:
+    """Position, creation time, last use and expiry of a session, and the model version it is pinned to."""
+    return SessionInfo.of(await unit.engine.get_session(session_id), (unit.name, unit.version))
 
 
 @router.delete("/{id}", status_code=204, response_class=Response, responses=responses(404, 422))
@@ -86,19 +88,22 @@ async def delete_session(session_id: SessionId, engine: EngineDep) -> Response:
 
 
 @router.post("/{id}/reset", response_model=SessionInfo, responses=responses(404, 422))
-async def reset_session(session_id: SessionId, engine: EngineDep) -> SessionInfo:
+async def reset_session(session_id: SessionId, unit: UnitDep) -> SessionInfo:
     """Set the session's state back to zeros and its position to 0 (the id and TTL stay)."""
-    return SessionInfo.of(await engine.reset_session(session_id))
+    return SessionInfo.of(await unit.engine.reset_session(session_id), (unit.name, unit.version))
 
 
 @router.post("/{id}/fork", status_code=201, response_model=ForkResponse, responses=responses(400, 404, 413, 422, 429))
 async def fork_session(
-    session_id: SessionId, engine: EngineDep, request: Request, body: ForkRequest | None = None
+    session_id: SessionId, unit: UnitDep, registry: RegistryDep, request: Request, body: ForkRequest | None = None
 ) -> ForkResponse:
-    """A new session with a copy of this one's state and position: cheap branching. The source is unchanged."""
-    record = await engine.fork_session(session_id, None if body is None else body.ttl_seconds)
+    """A new session with a copy of this one's state and position: cheap branching. The source is unchanged. The
+    fork runs on the source's model version (refused once that version is unloading)."""
+    if not unit.accepting and unit.tagged:
+        registry.resolve(unit.name, unit.version)  # raises: no new sessions on an unloading version
+    record = await unit.engine.fork_session(session_id, None if body is None else body.ttl_seconds)
     _log_session(request, record.session_id)
-    return ForkResponse(**SessionInfo.of(record).model_dump(), forked_from=session_id)
+    return ForkResponse(**SessionInfo.of(record, (unit.name, unit.version)).model_dump(), forked_from=session_id)
 
 
 @router.get("/{id}/state", response_model=SessionState, responses=responses(404, 422))
