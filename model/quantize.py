@@ -37,7 +37,7 @@ from onnx import numpy_helper
 
 from model.onnx_meta import ModelMetadata, fingerprint
 from model.paths import BUNDLED_MODEL
-from model.reference import ONNX_BLOCKS, ONNX_PEEPS, LayerWeights, ReferenceLSTM
+from model.reference import LayerWeights, ReferenceLSTM
 
 Precision = Literal["auto", "fp32", "int8"]
 ProviderChoice = Literal["auto", "cpu", "cuda"]
@@ -241,7 +241,6 @@ def dequantized_reference(path: Path) -> ReferenceLSTM:
     proto = onnx.load(str(path))
     meta = ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props})
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    hid = meta.config.hidden_size
     layers = []
     for node in proto.graph.node:
         if node.op_type == "LSTM":
@@ -253,18 +252,7 @@ def dequantized_reference(path: Path) -> ReferenceLSTM:
         r = _dequantize(inits[r_q], inits[r_s], inits[r_z])[0]  # (4H, H)
         b = inits[b_name].astype(np.float64)[0]  # (8H,)
         peep = inits[p_name].astype(np.float64)[0] if p_name else None  # (3H,)
-
-        def block(a: np.ndarray, g: int) -> np.ndarray:
-            return a[g * hid : (g + 1) * hid]
-
-        layers.append(
-            LayerWeights(
-                w_x={g: block(w, k) for g, k in ONNX_BLOCKS.items()},
-                w_h={g: block(r, k) for g, k in ONNX_BLOCKS.items()},
-                b={g: block(b, k) + block(b[4 * hid :], k) for g, k in ONNX_BLOCKS.items()},  # Wb + Rb
-                p=None if peep is None else {g: block(peep, k) for g, k in ONNX_PEEPS.items()},
-            )
-        )
+        layers.append(LayerWeights.from_onnx(w, r, b, peep))
     if len(layers) != meta.config.num_layers:
         raise QuantizeError(f"found {len(layers)} {QUANTIZED_LSTM} operators, config says {meta.config.num_layers}")
     f64 = {k: inits[k].astype(np.float64) for k in ("embedding", "head_w", "head_b")}

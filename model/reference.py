@@ -39,6 +39,22 @@ class LayerWeights:
     b: dict[str, np.ndarray]
     p: dict[str, np.ndarray] | None
 
+    @classmethod
+    def from_onnx(cls, w: np.ndarray, r: np.ndarray, b: np.ndarray, peep: np.ndarray | None) -> LayerWeights:
+        """Split ONNX's stacked LSTM tensors per gate: W (4H, in), R (4H, H), B (8H,) = Wb + Rb, P (3H,) or None,
+        in ONNX's gate order (ONNX_BLOCKS, ONNX_PEEPS)."""
+        hid = r.shape[1]
+
+        def block(a: np.ndarray, g: int) -> np.ndarray:
+            return a[g * hid : (g + 1) * hid]
+
+        return cls(
+            w_x={g: block(w, k) for g, k in ONNX_BLOCKS.items()},
+            w_h={g: block(r, k) for g, k in ONNX_BLOCKS.items()},
+            b={g: block(b, k) + block(b[4 * hid :], k) for g, k in ONNX_BLOCKS.items()},  # Wb + Rb
+            p=None if peep is None else {g: block(peep, k) for g, k in ONNX_PEEPS.items()},
+        )
+
 
 @dataclass(frozen=True)
 class GateTrace:
@@ -74,23 +90,11 @@ class ReferenceLSTM:
         proto = onnx.load(str(path))
         meta = ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props})
         inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in proto.graph.initializer}
-        hid = meta.config.hidden_size
         layers = []
         for node in (n for n in proto.graph.node if n.op_type == "LSTM"):
             w, r, b = (inits[node.input[k]][0] for k in (1, 2, 3))  # (4H, in), (4H, H), (8H,)
             peep = inits[node.input[7]][0] if len(node.input) > 7 and node.input[7] else None  # (3H,)
-
-            def block(a: np.ndarray, g: int) -> np.ndarray:
-                return a[g * hid : (g + 1) * hid]
-
-            layers.append(
-                LayerWeights(
-                    w_x={g: block(w, k) for g, k in ONNX_BLOCKS.items()},
-                    w_h={g: block(r, k) for g, k in ONNX_BLOCKS.items()},
-                    b={g: block(b, k) + block(b[4 * hid :], k) for g, k in ONNX_BLOCKS.items()},  # Wb + Rb
-                    p=None if peep is None else {g: block(peep, k) for g, k in ONNX_PEEPS.items()},
-                )
-            )
+            layers.append(LayerWeights.from_onnx(w, r, b, peep))
         if len(layers) != meta.config.num_layers:
             raise ValueError(f"found {len(layers)} LSTM operators, config says {meta.config.num_layers}")
         return cls(meta, inits["embedding"], layers, inits["head_w"], inits["head_b"])
