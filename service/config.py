@@ -96,8 +96,48 @@ class Settings(BaseSettings):
     max_text_length: int = Field(
         default=8192, ge=1, le=1_000_000, description="Most characters (or token ids) one request may feed."
     )
+    max_request_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="Most token steps one request may cost, rows x length summed (V2 infer's rows included); "
+        "unset = max_text_length. A single input is also held to it.",
+    )
     shutdown_grace_s: float = Field(
         default=10.0, ge=0, le=3600, description="Seconds to finish in-flight requests after SIGTERM."
+    )
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="After SIGTERM, keep listening this long and answer /readyz 503 draining (new sessions and "
+        "streams 503 draining, other requests served) before closing the listener and draining; lets a load "
+        "balancer see the 503 first. 0 = close the listener at once.",
+    )
+    header_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A connection that has not sent a request's complete headers this long after it opened (or "
+        "after its request began) is closed.",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5,
+        gt=0,
+        le=3600,
+        description="An idle keep-alive connection (no request in progress) is closed after this many seconds.",
+    )
+    max_connections: int = Field(
+        default=10_000,
+        ge=0,
+        le=10_000_000,
+        description="Most open connections (HTTP and WebSocket); one more is answered 503 too_many_connections and "
+        "closed. 0 = no limit. The open-files limit is raised to its hard limit at start.",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated IPs or CIDRs of proxies whose X-Forwarded-For is believed: the client is the "
+        "first hop, from the right, that is not a trusted proxy. Empty: the client is the peer address.",
     )
 
     # Batching
@@ -211,6 +251,13 @@ class Settings(BaseSettings):
         le=10_000_000,
         description="Most sessions one API key may hold (0 = only max_sessions). Applies when keys are configured.",
     )
+    max_sessions_per_client: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000_000,
+        description="Without API keys: most sessions one client (peer address, or its X-Forwarded-For hop behind a "
+        "trusted proxy) may hold; loopback peers are not counted. Unset = max_sessions // 10; 0 = no limit.",
+    )
     max_streams_per_key: int = Field(
         default=64,
         ge=0,
@@ -257,6 +304,14 @@ class Settings(BaseSettings):
     def _snapshot_dir_exists(cls, v: Path | None) -> Path | None:
         if v is not None and not v.parent.is_dir():
             raise ValueError(f"directory of snapshot_path {v} does not exist")
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_parse(cls, v: str) -> str:
+        from service.security.clients import parse_networks
+
+        parse_networks(v)  # a ValueError naming the bad entry
         return v
 
     @field_validator("api_key_file")
@@ -323,6 +378,21 @@ class Settings(BaseSettings):
         return [k.strip() for k in self.admin_api_keys.get_secret_value().split(",") if k.strip()]
 
     @property
+    def keys_configured(self) -> bool:
+        return bool(self.api_key_list) or self.api_key_file is not None
+
+    @property
+    def request_token_limit(self) -> int:
+        return self.max_text_length if self.max_request_tokens is None else self.max_request_tokens
+
+    @property
+    def client_session_limit(self) -> int:
+        """Sessions one anonymous client may hold (0: none beyond max_sessions)."""
+        if self.max_sessions_per_client is None:
+            return self.max_sessions // 10
+        return self.max_sessions_per_client
+
+    @property
     def max_batch_delay_s(self) -> float:
         return self.max_batch_delay_ms / 1000.0
 
@@ -332,11 +402,15 @@ class Settings(BaseSettings):
             max_batch_size=self.max_batch_size,
             max_batch_delay_s=self.max_batch_delay_s,
             prefill_chunk_tokens=self.prefill_chunk_tokens,
-            max_text_length=self.max_text_length,
+            # One input is held to the per-request cost cap too, so every route answers text_too_long at the cap.
+            max_text_length=min(self.max_text_length, self.request_token_limit),
+            max_request_tokens=self.request_token_limit,
             max_inspect_length=self.max_inspect_length,
             session_ttl_s=self.session_ttl_s,
             max_session_ttl_s=self.max_session_ttl_s,
-            max_sessions_per_key=self.max_sessions_per_key,
+            # The engine limits sessions per owner tag: an API key's principal, or without keys the client's tag
+            # (service/api/access.py), so one limit field serves both modes.
+            max_sessions_per_key=self.max_sessions_per_key if self.keys_configured else self.client_session_limit,
             max_generate_tokens=self.max_generate_tokens,
             max_streams_per_key=self.max_streams_per_key,
             max_sequences=self.max_sessions,

@@ -47,9 +47,59 @@ class PlainFormatter(logging.Formatter):
         return f"{base} {extras}" if extras else base
 
 
+# uvicorn logs every WebSocket handshake as '<client> - "WebSocket <path>?<query>" <status>' at INFO.
+_HANDSHAKE = '"WebSocket %s"'
+# uvicorn's websockets-sansio and wsproto protocols log this at ERROR whenever the app answers a handshake with an
+# HTTP response (the ASGI websocket.http.response extension), which is how refused handshakes are answered 401.
+_REFUSED_HANDSHAKE = "ASGI callable returned without completing handshake."
+
+
+def without_query(target: object) -> object:
+    """A URL or path with its query string cut off: queries may carry keys or tokens (`?token=...`)."""
+    if isinstance(target, str) and "?" in target:
+        return target.split("?", 1)[0] + "?[redacted]"
+    return target
+
+
+class ServerLogFilter(logging.Filter):
+    """What the HTTP server logs, made safe: WebSocket URLs without their query strings, and no ERROR line for a
+    handshake the app refused on purpose (AccessControl logs those itself, at INFO and rate-limited)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("uvicorn"):
+            return True
+        if record.msg == _REFUSED_HANDSHAKE:
+            return False
+        if isinstance(record.msg, str) and _HANDSHAKE in record.msg and isinstance(record.args, tuple):
+            record.args = tuple(without_query(a) for a in record.args)
+        return True
+
+
+class EveryInterval:
+    """At most one log line per `interval_s`, telling how many were held back: for events any anonymous client can
+    cause at will (refused WebSocket handshakes), so they cannot flood the log."""
+
+    def __init__(self, interval_s: float = 10.0, clock: Any = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._next = 0.0
+        self._held = 0
+
+    def due(self) -> int | None:
+        """None while within the interval (the event is counted); else how many were held back since the last."""
+        now = self._clock()
+        if now < self._next:
+            self._held += 1
+            return None
+        held, self._held = self._held, 0
+        self._next = now + self.interval_s
+        return held
+
+
 def setup_logging(level: str = "INFO", json_lines: bool = True) -> None:
     """Route our loggers and uvicorn's through one stderr handler with the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ServerLogFilter())
     handler.setFormatter(
         JsonFormatter() if json_lines else PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )

@@ -20,10 +20,12 @@ from starlette.types import Scope, Send
 from service.api.errors import ErrorJSONResponse, error_response
 from service.api.v2_errors import v2_error
 from service.errors import SessionNotFound
+from service.logging import EveryInterval
 from service.metrics import Metrics
+from service.security.clients import client_address, client_tag, is_client_tag, parse_networks
 from service.security.keys import ANONYMOUS, KeyRing, bearer_token
 from service.security.ratelimit import RateLimiter, retry_after_header
-from service.session_ids import session_owner
+from service.session_ids import owner_of
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class AccessControl:
         self.keys = keys
         self.limiter = limiter
         self.metrics = metrics
+        self._refusals_logged = EveryInterval(10.0)
 
     def check(self, scope: Scope) -> ErrorJSONResponse | None:
         """None, with the caller's principal put into the scope's state, or the refusal to send."""
@@ -82,9 +85,16 @@ class AccessControl:
             return response
         return error_response(status, code, message, headers=headers)
 
-    @staticmethod
-    async def refuse_websocket(scope: Scope, send: Send, response: ErrorJSONResponse) -> None:
-        """Answer a refused WebSocket handshake with the HTTP error a plain request gets, where the server can."""
+    async def refuse_websocket(self, scope: Scope, send: Send, response: ErrorJSONResponse) -> None:
+        """Answer a refused WebSocket handshake with the HTTP error a plain request gets, where the server can.
+        Logged at INFO, at most one line per interval with the count held back (any client can cause these); the
+        path only, never the query string (it may hold a key)."""
+        held = self._refusals_logged.due()
+        if held is not None:
+            log.info(
+                "websocket handshake refused",
+                extra={"status": response.status_code, "path": scope.get("path"), "refused_since_last": held},
+            )
         if "websocket.http.response" in scope.get("extensions", {}):
             await send(
                 {
@@ -100,19 +110,45 @@ class AccessControl:
 
 # ---- what routes read ------------------------------------------------------------------------------------------
 def caller_of(connection: HTTPConnection) -> str:
-    """The caller's principal as sessions record it: "" without API keys."""
+    """The caller's principal, which namespaces what it may reach: an API key's, or "" without API keys (every
+    anonymous caller shares one namespace: V2 sequence ids, anonymous sessions)."""
     principal = getattr(connection.state, "principal", ANONYMOUS)
     return "" if principal == ANONYMOUS else str(principal)
 
 
+def anonymous(connection: HTTPConnection) -> bool:
+    return getattr(connection.state, "principal", ANONYMOUS) == ANONYMOUS
+
+
+def owner_tag_of(connection: HTTPConnection) -> str:
+    """The owner tag a new session records (in front of its id) and is counted under: the key's principal, or
+    without keys the client's tag (service/security/clients.py: its address, or its X-Forwarded-For hop behind a
+    trusted proxy; "" for loopback). The tag counts an anonymous client's sessions and streams; it does not fence
+    them: any anonymous caller still reaches any anonymous session by its id (clients behind NAT or a changing
+    proxy keep their sessions)."""
+    caller = caller_of(connection)
+    if caller:
+        return caller
+    settings = getattr(connection.app.state, "settings", None)
+    networks = parse_networks(settings.trusted_proxies if settings is not None else "")
+    peer = connection.client.host if connection.client is not None else None
+    return client_tag(client_address(peer, connection.headers.getlist("x-forwarded-for"), networks))
+
+
 def check_owner(connection: HTTPConnection, session_id: str) -> None:
-    """SessionNotFound unless the caller owns the session: another key's session does not exist for it."""
-    if session_owner(session_id) != caller_of(connection):  # a model version's tag is not who owns it
+    """SessionNotFound unless the caller may reach the session: a key reaches its own sessions only (another key's
+    does not exist for it); without keys any anonymous session (untagged, or a client's tag) is reachable."""
+    owner = owner_of(session_id)
+    caller = caller_of(connection)
+    if caller and owner != caller:
+        raise SessionNotFound(session_id)
+    if not caller and owner and not is_client_tag(owner):
         raise SessionNotFound(session_id)
 
 
 async def get_caller(connection: HTTPConnection) -> str:
-    return caller_of(connection)
+    """The owner tag new sessions and streams are recorded and counted under (`owner_tag_of`)."""
+    return owner_tag_of(connection)
 
 
 SessionPath = Annotated[str, Path(alias="id", max_length=256, description="The session id returned at creation.")]

@@ -24,7 +24,6 @@ from service.errors import (
     EngineError,
     InvalidInput,
     InvalidToken,
-    ModelUnloaded,
     NotReady,
     PositionConflict,
     RequestTimeout,
@@ -38,6 +37,7 @@ from service.errors import (
     VersionConflict,
 )
 from service.metrics import REJECTION_REASONS, Metrics
+from service.security.keys import ANONYMOUS
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ STATUS: dict[type[EngineError], tuple[int, str]] = {
     Draining: (503, "draining"),
     StateStoreUnavailable: (503, "state_store_unavailable"),
     UnknownModel: (404, "model_not_found"),
-    ModelUnloaded: (410, "model_unloaded"),
 }
 
 DESCRIPTIONS: dict[int, str] = {
@@ -65,7 +64,6 @@ DESCRIPTIONS: dict[int, str] = {
     401: "`unauthorized`: API keys are configured and the request has no valid `Authorization: Bearer <key>`.",
     404: "`session_not_found`: no such session; `session_expired`: it existed but expired (TTL) or was evicted; "
     "`model_not_found`: no such model or version (the message names what is served).",
-    410: "`model_unloaded`: the session's model version was unloaded with force; its sessions ended.",
     409: "`position_conflict`: the session is not at `expected_position`; nothing changed.",
     413: "`payload_too_large`: the body exceeds the server's max_request_bytes.",
     422: "`invalid_request`: malformed or out-of-range fields; `invalid_token`: a character or id outside the "
@@ -130,13 +128,37 @@ def engine_error_response(exc: EngineError) -> ErrorJSONResponse:
     elif isinstance(exc, TooManySessions):
         retry = max(1, math.ceil(exc.retry_after))
         headers["Retry-After"] = str(retry)
-        details = {"max_sessions": exc.max_sessions, "retry_after": retry, "per_key": exc.per_key}
+        per_client = getattr(exc, "per_client", False)
+        details = {"max_sessions": exc.max_sessions, "retry_after": retry, "per_key": exc.per_key and not per_client}
+        if per_client:
+            details["per_client"] = True
     elif isinstance(exc, TooManyStreams):
         headers["Retry-After"] = "1"
         details = {"max_streams": exc.limit}
     elif isinstance(exc, NotReady | Draining | StateStoreUnavailable):
         headers["Retry-After"] = "1"
     return error_response(status, code, exc.message, details or None, headers or None)
+
+
+def for_anonymous_client(exc: EngineError) -> EngineError:
+    """The same refusal worded for an anonymous client: without API keys the engine's per-owner limits (sessions,
+    concurrent generations) count a client's tag (service/security/clients.py), not a key."""
+    if isinstance(exc, TooManySessions) and exc.per_key:
+        worded = TooManySessions(exc.max_sessions, exc.retry_after, per_key=True)
+        worded.message = worded.message.replace("this API key holds", "this client holds")
+        worded.args = (worded.message,)
+        worded.per_client = True  # type: ignore[attr-defined]
+        return worded
+    if isinstance(exc, TooManyStreams):
+        worded_streams = TooManyStreams(exc.limit)
+        worded_streams.message = worded_streams.message.replace("this API key", "this client")
+        worded_streams.args = (worded_streams.message,)
+        return worded_streams
+    return exc
+
+
+def _anonymous(connection: Request) -> bool:
+    return getattr(connection.state, "principal", None) == ANONYMOUS
 
 
 def count_rejection(metrics: Metrics | None, code: str) -> None:
@@ -196,18 +218,18 @@ def install(app: FastAPI, metrics: Metrics) -> None:
     async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, EngineError)
         count_rejection(metrics, status_and_code(exc)[1])
-        if request.url.path.startswith("/v2/models/"):  # raised choosing the model (deps): the protocol's shape
-            from service.api.v2_errors import v2_error_response
+        return engine_error_response(for_anonymous_client(exc) if _anonymous(request) else exc)
 
-            return v2_error_response(exc)
-        return engine_error_response(exc)
-
-    async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = HTTP_CODES.get(exc.status_code, "http_error")
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
         count_rejection(metrics, code)
-        return error_response(exc.status_code, code, message, headers=dict(exc.headers) if exc.headers else None)
+        headers = dict(exc.headers) if exc.headers else None
+        if request.url.path.startswith("/v2/") and exc.status_code == 413:
+            # A V2 body over the limit: the Open Inference Protocol's shape, {"error": "..."}, like V2's other errors.
+            return ErrorJSONResponse({"error": message}, status_code=413, headers=headers)
+        return error_response(exc.status_code, code, message, headers=headers)
 
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

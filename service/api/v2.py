@@ -18,9 +18,9 @@ from fastapi import APIRouter, Path, Request, Response
 
 from model.onnx_meta import ModelMetadata
 from service import __version__
-from service.api.access import caller_of
+from service.api.access import anonymous, caller_of, owner_tag_of
 from service.api.deps import EngineDep, SequencesDep
-from service.api.errors import ErrorJSONResponse
+from service.api.errors import ErrorJSONResponse, for_anonymous_client
 from service.api.schemas import ErrorResponse
 from service.api.v2_codec import (
     HEADER_LENGTH_HEADER,
@@ -34,7 +34,7 @@ from service.api.v2_codec import (
 from service.api.v2_errors import v2_error, v2_error_response
 from service.engine.engine import Engine
 from service.engine.sequences import Sequences, sequence_key
-from service.errors import EngineError
+from service.errors import EngineError, UnknownModel
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
@@ -102,9 +102,12 @@ def input_rows(request: InferRequest) -> np.ndarray:
 
 
 def served(engine: Engine, name: str, version: str | None) -> ModelMetadata:
-    # The engine is the one the path names: the model registry chose it, or refused the name or version
-    # (404 model_not_found) before the route ran (service/api/deps.py).
-    return engine.model.metadata
+    meta = engine.model.metadata
+    if name != meta.name:
+        raise UnknownModel(name, meta.name)
+    if version is not None and version != meta.version:
+        raise UnknownModel(f"{name} version {version}", f"{meta.name} version {meta.version}")
+    return meta
 
 
 # ---- server --------------------------------------------------------------------------------------------------
@@ -198,14 +201,16 @@ async def _infer(request: Request, engine: Engine, sequences: Sequences, name: s
         elif rows.shape[0] != 1:
             raise V2ProtocolError(f"a sequence request carries one row of {INPUT!r}, got {rows.shape[0]}")
         else:
-            caller = caller_of(request)  # two keys' sequence 1 are two sequences
-            key = sequence_key(meta.name, sequence.id, caller)
+            key = sequence_key(meta.name, sequence.id, caller_of(request))  # two keys' sequence 1 are two sequences
+            owner = owner_tag_of(request)  # counted against the key's (or the anonymous client's) session limit
             logits = (
-                await sequences.infer(key, sequence.id, rows[0], start=sequence.start, end=sequence.end, owner=caller)
+                await sequences.infer(key, sequence.id, rows[0], start=sequence.start, end=sequence.end, owner=owner)
             )[None]
         outputs = [(OUTPUT, "FP32", logits)] if OUTPUT in names else []
         body, header_length = encode_infer_response(meta.name, meta.version, parsed.id, outputs, binary)
-    except (EngineError, V2ProtocolError) as exc:
+    except EngineError as exc:
+        return v2_error_response(for_anonymous_client(exc) if anonymous(request) else exc)
+    except V2ProtocolError as exc:
         return v2_error_response(exc)
     if header_length is None:
         return Response(body, media_type="application/json")

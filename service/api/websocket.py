@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from contextlib import aclosing
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from service.api.access import SessionPath, caller_of, check_owner
+from service.api.access import SessionPath, check_owner, owner_tag_of
 from service.api.deps import EngineDep, GeneratorDep, SettingsDep
 from service.api.errors import error_payload
 from service.api.generate import NativeEvents, sampling_params
@@ -125,10 +125,14 @@ async def _serve(
 
 
 def _json_object(frame: str | bytes) -> dict[str, Any]:
+    # orjson: no recursion in Python (a frame nested thousands deep is an error, not a RecursionError that
+    # unwinds the connection) and a depth limit of its own; what it accepts is strict JSON, as json.loads's is.
     try:
-        data = json.loads(frame)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"a frame must be a JSON object: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("a frame must be a JSON object: it is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidInput('a frame must be a JSON object: {"text": ...} or {"generate": {...}}')
     return data
@@ -145,7 +149,7 @@ async def _handle(
             text=fields.text,
             tokens=fields.tokens,
             expected_position=fields.expected_position,
-            owner=caller_of(websocket),
+            owner=owner_tag_of(websocket),
         )
         render = NativeEvents()
         # aclosing: a send that fails (the client is gone) closes the generation at that unsent token.

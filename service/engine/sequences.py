@@ -50,6 +50,7 @@ class Sequences:
         """Feed ids (T,) to the sequence's session; -> the logits after the last one, (V,) float32."""
         engine = self._engine
         engine.check_serving()
+        self._check_cost(1, len(ids))
         checked = self._check(ids)
         # The sequence's own lock makes start, feed and end of one request atomic against its other requests.
         async with self._locks.hold(key):
@@ -83,9 +84,21 @@ class Sequences:
         engine.check_serving()
         if len(rows) > MAX_ROWS:
             raise InvalidInput(f"at most {MAX_ROWS} rows per request, got {len(rows)}")
+        self._check_cost(*rows.shape)
         checked = [self._check(row) for row in rows]
         results = await asyncio.gather(*(engine.step(row) for row in checked))
         return np.stack([r.logits for r in results])
+
+    def _check_cost(self, rows: int, length: int) -> None:
+        """The per-request cost cap: rows x length token steps, checked before a single id is looked at, so a
+        request too big to serve costs nothing but this multiplication."""
+        limit = self._engine.config.max_request_tokens
+        if rows * length > limit:
+            raise InvalidInput(
+                f"the request costs {rows} rows x {length} tokens = {rows * length} token steps; the limit is "
+                f"{limit} per request (max_request_tokens)",
+                code="text_too_long",
+            )
 
     def _check(self, ids: np.ndarray) -> np.ndarray:
         checked = self._engine.tokenize(None, ids.tolist())

@@ -183,7 +183,7 @@ class MemoryStateStore(StateStore):
             lru = int(np.argmin(last_used))
             idle_since = float(last_used[lru])
             if math.isfinite(idle_since) and now - idle_since >= self.evict_idle_after_s:
-                self._remove(lru, "capacity")
+                self._remove(self._fair_victim(last_used, now, lru), "capacity")
                 self._record_evictions("capacity", 1)
             else:
                 # The earliest a slot frees: the LRU session becomes evictable, or some session expires.
@@ -192,6 +192,27 @@ class MemoryStateStore(StateStore):
                 raise TooManySessions(self.max_sessions, retry_after=max(1.0, math.ceil(retry)))
         self._n_free -= 1
         return int(self._free[self._n_free])
+
+    def _fair_victim(self, last_used: np.ndarray, now: float, lru: int) -> int:
+        """The slot to evict: the least recently used evictable session of an owner holding more than its share
+        (max_sessions / owners holding sessions), so that one owner (an API key, or an anonymous client's tag)
+        flooding the store evicts its own sessions before anyone else's; the plain LRU session when no owner is
+        over its share or none of theirs is evictable yet."""
+        live = [owner for owner, n in self._owned.items() if n > 0]
+        if len(live) < 2:
+            return lru
+        share = self.max_sessions // len(live)
+        over = {owner for owner in live if self._owned[owner] > share}
+        if not over:
+            return lru
+        evictable_before = now - self.evict_idle_after_s
+        for slot in np.argsort(last_used, kind="stable"):  # least recent first; stops at the first busy one
+            if not last_used[slot] <= evictable_before:
+                break
+            sid = self._id_of[int(slot)]
+            if sid is not None and owner_of(sid) in over:
+                return int(slot)
+        return lru
 
     def _occupy(self, slot: int, now: float, ttl_s: float, position: int, owner: str) -> SessionRecord:
         # The numeric fields first: a position the int64 array cannot hold fails here, before the id is recorded,
