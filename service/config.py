@@ -374,10 +374,6 @@ class Settings(BaseSettings):
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
 
     @property
-    def admin_api_key_list(self) -> list[str]:
-        return [k.strip() for k in self.admin_api_keys.get_secret_value().split(",") if k.strip()]
-
-    @property
     def keys_configured(self) -> bool:
         return bool(self.api_key_list) or self.api_key_file is not None
 
@@ -391,6 +387,10 @@ class Settings(BaseSettings):
         if self.max_sessions_per_client is None:
             return self.max_sessions // 10
         return self.max_sessions_per_client
+
+    @property
+    def admin_api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.admin_api_keys.get_secret_value().split(",") if k.strip()]
 
     @property
     def max_batch_delay_s(self) -> float:

@@ -25,7 +25,7 @@ from service.metrics import Metrics
 from service.security.clients import client_address, client_tag, is_client_tag, parse_networks
 from service.security.keys import ANONYMOUS, KeyRing, bearer_token
 from service.security.ratelimit import RateLimiter, retry_after_header
-from service.session_ids import owner_of
+from service.session_ids import session_owner
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def owner_tag_of(connection: HTTPConnection) -> str:
 def check_owner(connection: HTTPConnection, session_id: str) -> None:
     """SessionNotFound unless the caller may reach the session: a key reaches its own sessions only (another key's
     does not exist for it); without keys any anonymous session (untagged, or a client's tag) is reachable."""
-    owner = owner_of(session_id)
+    owner = session_owner(session_id)  # a model version's tag (a repository) is not part of who owns it
     caller = caller_of(connection)
     if caller and owner != caller:
         raise SessionNotFound(session_id)

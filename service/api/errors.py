@@ -24,6 +24,7 @@ from service.errors import (
     EngineError,
     InvalidInput,
     InvalidToken,
+    ModelUnloaded,
     NotReady,
     PositionConflict,
     RequestTimeout,
@@ -57,6 +58,7 @@ STATUS: dict[type[EngineError], tuple[int, str]] = {
     Draining: (503, "draining"),
     StateStoreUnavailable: (503, "state_store_unavailable"),
     UnknownModel: (404, "model_not_found"),
+    ModelUnloaded: (410, "model_unloaded"),
 }
 
 DESCRIPTIONS: dict[int, str] = {
@@ -64,6 +66,7 @@ DESCRIPTIONS: dict[int, str] = {
     401: "`unauthorized`: API keys are configured and the request has no valid `Authorization: Bearer <key>`.",
     404: "`session_not_found`: no such session; `session_expired`: it existed but expired (TTL) or was evicted; "
     "`model_not_found`: no such model or version (the message names what is served).",
+    410: "`model_unloaded`: the session's model version was unloaded with force; its sessions ended.",
     409: "`position_conflict`: the session is not at `expected_position`; nothing changed.",
     413: "`payload_too_large`: the body exceeds the server's max_request_bytes.",
     422: "`invalid_request`: malformed or out-of-range fields; `invalid_token`: a character or id outside the "
@@ -218,6 +221,10 @@ def install(app: FastAPI, metrics: Metrics) -> None:
     async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, EngineError)
         count_rejection(metrics, status_and_code(exc)[1])
+        if request.url.path.startswith("/v2/models/"):  # raised choosing the model (deps): the protocol's shape
+            from service.api.v2_errors import v2_error_response
+
+            return v2_error_response(exc)
         return engine_error_response(for_anonymous_client(exc) if _anonymous(request) else exc)
 
     async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -34,7 +34,7 @@ from service.api.v2_codec import (
 from service.api.v2_errors import v2_error, v2_error_response
 from service.engine.engine import Engine
 from service.engine.sequences import Sequences, sequence_key
-from service.errors import EngineError, UnknownModel
+from service.errors import EngineError
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
@@ -102,12 +102,9 @@ def input_rows(request: InferRequest) -> np.ndarray:
 
 
 def served(engine: Engine, name: str, version: str | None) -> ModelMetadata:
-    meta = engine.model.metadata
-    if name != meta.name:
-        raise UnknownModel(name, meta.name)
-    if version is not None and version != meta.version:
-        raise UnknownModel(f"{name} version {version}", f"{meta.name} version {meta.version}")
-    return meta
+    # The engine is the one the path names: the model registry chose it, or refused the name or version
+    # (404 model_not_found) before the route ran (service/api/deps.py).
+    return engine.model.metadata
 
 
 # ---- server --------------------------------------------------------------------------------------------------
