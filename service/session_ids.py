@@ -54,3 +54,15 @@ def model_tag(session_id: str) -> tuple[str, str] | None:
         return None
     name, dash, version = tag.rpartition("-")
     return (name, version) if dash and name else None
+
+
+# ---- anonymous clients -------------------------------------------------------------------------------------------
+# Without API keys a client's sessions carry its tag, "c" + 16 hex digits (service/security/clients.py), where a
+# key's principal ("k" + 16 hex digits) would be: counted per client like a key, but reachable by any anonymous caller.
+CLIENT_TAG_PREFIX = "c"
+
+
+def is_client_tag(owner: str) -> bool:
+    """True for an anonymous client's tag, with or without a model version's tag after it."""
+    base = owner.partition(TAG_SEPARATOR)[0]
+    return len(base) == 17 and base.startswith(CLIENT_TAG_PREFIX) and all(c in "0123456789abcdef" for c in base[1:])

@@ -17,8 +17,10 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
+from service.session_ids import CLIENT_TAG_PREFIX, is_client_tag
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-CLIENT_TAG_PREFIX = "c"
+__all__ = ["client_address", "client_tag", "is_client_tag", "parse_networks"]
 
 
 @lru_cache(maxsize=16)
@@ -77,8 +79,3 @@ def client_tag(address: str | None) -> str:
             return ""
         address = str(ip)
     return CLIENT_TAG_PREFIX + hashlib.sha256(address.encode()).digest()[:8].hex()
-
-
-def is_client_tag(owner: str) -> bool:
-    """True for an anonymous client's tag (API keys' principals start with "k")."""
-    return len(owner) == 17 and owner.startswith(CLIENT_TAG_PREFIX)

@@ -41,7 +41,7 @@ from service.errors import (
     TooManySessions,
     VersionConflict,
 )
-from service.session_ids import new_session_id, owner_of
+from service.session_ids import is_client_tag, new_session_id, owner_of
 from service.state import journal as jn
 from service.state.snapshot import RestoreResult, Snapshot
 from service.state.store import (
@@ -194,15 +194,15 @@ class MemoryStateStore(StateStore):
         return int(self._free[self._n_free])
 
     def _fair_victim(self, last_used: np.ndarray, now: float, lru: int) -> int:
-        """The slot to evict: the least recently used evictable session of an owner holding more than its share
-        (max_sessions / owners holding sessions), so that one owner (an API key, or an anonymous client's tag)
-        flooding the store evicts its own sessions before anyone else's; the plain LRU session when no owner is
-        over its share or none of theirs is evictable yet."""
+        """The slot to evict: the least recently used evictable session of an anonymous client (its tag, see
+        service/session_ids.py) holding more than its share (max_sessions / owners holding sessions), so that one
+        client flooding the store evicts its own sessions before anyone else's; the plain LRU session when no client
+        is over its share or none of theirs is evictable yet. API keys have their own per-key limit instead."""
         live = [owner for owner, n in self._owned.items() if n > 0]
         if len(live) < 2:
             return lru
         share = self.max_sessions // len(live)
-        over = {owner for owner in live if self._owned[owner] > share}
+        over = {owner for owner in live if self._owned[owner] > share and is_client_tag(owner)}
         if not over:
             return lru
         evictable_before = now - self.evict_idle_after_s
