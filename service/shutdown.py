@@ -93,7 +93,7 @@ def serve(app: FastAPI, settings: Settings) -> int:
         timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
     )
-    server = GracefulServer(config, app.state.engine.begin_shutdown, settings.shutdown_delay_s)
+    server = GracefulServer(config, app.state.registry.begin_shutdown, settings.shutdown_delay_s)
     previous = signal.signal(signal.SIGTERM, _clean_exit)
     try:
         server.run()
@@ -101,4 +101,4 @@ def serve(app: FastAPI, settings: Settings) -> int:
         signal.signal(signal.SIGTERM, previous)
     if not server.started:
         return STARTUP_FAILURE
-    return 0 if app.state.serving.clean else UNCLEAN_SHUTDOWN
+    return 0 if app.state.registry.clean else UNCLEAN_SHUTDOWN
