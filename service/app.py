@@ -37,6 +37,7 @@ from service.engine.engine import Engine
 from service.engine.runtime import OnnxRuntime, verify_sha256
 from service.metrics import Metrics, MetricsServer
 from service.registry import ModelRegistry
+from service.security.clients import parse_networks
 from service.security.keys import KeyRing
 from service.security.ratelimit import RateLimiter
 from service.state.memory import MemoryStateStore
@@ -143,6 +144,7 @@ class Serving:
             self.clean = await self._snapshots.stop()
         if self._store is not None:
             await self._store.close()
+        log.info("drained", extra={"clean": self.clean})  # after the final snapshot: nothing left to keep
         return self.clean
 
     @asynccontextmanager
@@ -210,7 +212,12 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app, metrics)
     app.add_middleware(
         ServiceMiddleware,
-        access=AccessControl(keys, RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst), metrics),
+        access=AccessControl(
+            keys,
+            RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+            metrics,
+            parse_networks(settings.trusted_proxies),
+        ),
         metrics=metrics,
         max_bytes=settings.max_request_bytes,
         timeout_s=settings.request_timeout_s,

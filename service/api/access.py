@@ -11,6 +11,7 @@ answers another key's session 404 `session_not_found`, exactly like an id that n
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import Depends, Path
@@ -22,7 +23,7 @@ from service.api.v2_errors import v2_error
 from service.errors import SessionNotFound
 from service.logging import EveryInterval
 from service.metrics import Metrics
-from service.security.clients import client_address, client_tag, is_client_tag, parse_networks
+from service.security.clients import Network, client_address, client_tag, is_client_tag
 from service.security.keys import ANONYMOUS, KeyRing, bearer_token
 from service.security.ratelimit import RateLimiter, retry_after_header
 from service.session_ids import session_owner
@@ -41,10 +42,13 @@ class AccessControl:
     """API-key authentication and per-key rate limiting; ServiceMiddleware calls `check` for every guarded
     request (HTTP and WebSocket) before it reaches a route."""
 
-    def __init__(self, keys: KeyRing, limiter: RateLimiter, metrics: Metrics) -> None:
+    def __init__(
+        self, keys: KeyRing, limiter: RateLimiter, metrics: Metrics, trusted_proxies: Sequence[Network] = ()
+    ) -> None:
         self.keys = keys
         self.limiter = limiter
         self.metrics = metrics
+        self.trusted_proxies = tuple(trusted_proxies)  # parsed once, at start
         self._refusals_logged = EveryInterval(10.0)
 
     def check(self, scope: Scope) -> ErrorJSONResponse | None:
@@ -73,8 +77,16 @@ class AccessControl:
                     f"this API key is over its rate of {self.limiter.rate:g} requests per second; retry in {retry} s",
                     {"Retry-After": retry},
                 )
-        scope.setdefault("state", {})["principal"] = principal
+        state = scope.setdefault("state", {})
+        state["principal"] = principal
+        if principal == ANONYMOUS:  # the tag an anonymous client's sessions are counted under
+            state["client_tag"] = self._client_tag(scope)
         return None
+
+    def _client_tag(self, scope: Scope) -> str:
+        peer = scope["client"][0] if scope.get("client") else None
+        forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        return client_tag(client_address(peer, forwarded, self.trusted_proxies))
 
     @staticmethod
     def _error(scope: Scope, status: int, code: str, message: str, headers: dict[str, str]) -> ErrorJSONResponse:
@@ -129,10 +141,7 @@ def owner_tag_of(connection: HTTPConnection) -> str:
     caller = caller_of(connection)
     if caller:
         return caller
-    settings = getattr(connection.app.state, "settings", None)
-    networks = parse_networks(settings.trusted_proxies if settings is not None else "")
-    peer = connection.client.host if connection.client is not None else None
-    return client_tag(client_address(peer, connection.headers.getlist("x-forwarded-for"), networks))
+    return str(getattr(connection.state, "client_tag", ""))  # put there by AccessControl.check
 
 
 def check_owner(connection: HTTPConnection, session_id: str) -> None:

@@ -11,6 +11,7 @@ HTTPConnection rather than Request, so that WebSocket routes depend on them the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends
@@ -22,6 +23,7 @@ from service.engine.generation import Generator
 from service.engine.inspection import Inspector
 from service.engine.sequences import Sequences
 from service.registry import ModelRegistry, Unit
+from service.security.keys import KeyRing
 
 
 async def get_registry(connection: HTTPConnection) -> ModelRegistry:
@@ -75,3 +77,18 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 GeneratorDep = Annotated[Generator, Depends(get_generator)]
 InspectorDep = Annotated[Inspector, Depends(get_inspector)]
 SequencesDep = Annotated[Sequences, Depends(get_sequences)]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The API keys and, of them, the admin keys (the repository API needs one whenever keys are on)."""
+
+    api: KeyRing
+    admin: KeyRing
+
+
+async def get_keys(connection: HTTPConnection) -> Keys:
+    return Keys(api=connection.app.state.keys, admin=connection.app.state.admin_keys)
+
+
+KeysDep = Annotated[Keys, Depends(get_keys)]

@@ -19,12 +19,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 
-from service.api.deps import RegistryDep
+from service.api.deps import Keys, KeysDep, RegistryDep
 from service.api.errors import ErrorJSONResponse
 from service.api.schemas import ErrorResponse
 from service.api.v2_errors import v2_error, v2_error_response
 from service.errors import EngineError
-from service.security.keys import KeyRing, bearer_token
+from service.security.keys import bearer_token
 
 router = APIRouter(prefix="/v2/repository", tags=["model repository"])
 
@@ -54,21 +54,20 @@ async def _parameters(request: Request) -> dict[str, Any]:
     return {**params, **({"ready": body["ready"]} if "ready" in body else {})}
 
 
-def _refused(request: Request) -> ErrorJSONResponse | None:
-    keys: KeyRing = request.app.state.keys
-    admin: KeyRing = request.app.state.admin_keys
-    if not keys.enabled:
+def _refused(request: Request, keys: Keys) -> ErrorJSONResponse | None:
+    if not keys.api.enabled:
         return None
+    admin = keys.admin
     if not admin.enabled or admin.authenticate(bearer_token(request.headers.get("authorization"))) is None:
         return v2_error(403, "the repository API needs an admin key (LSTM_SERVE_ADMIN_API_KEYS)")
     return None
 
 
 @router.post("/index", response_model=None, responses=ERRORS)
-async def index(request: Request, registry: RegistryDep) -> list[dict[str, object]] | ErrorJSONResponse:
+async def index(request: Request, registry: RegistryDep, keys: KeysDep) -> list[dict[str, object]] | ErrorJSONResponse:
     """Every model version in the repository and its state: READY, UNLOADING (draining its sessions) or
     UNAVAILABLE (with the reason: a failed load's error, or unloaded)."""
-    refused = _refused(request)
+    refused = _refused(request, keys)
     if refused is not None:
         return refused
     try:
@@ -82,9 +81,11 @@ async def index(request: Request, registry: RegistryDep) -> list[dict[str, objec
 
 
 @router.post("/models/{name}/load", response_model=None, responses=ERRORS)
-async def load(name: ModelName, request: Request, registry: RegistryDep) -> dict[str, Any] | ErrorJSONResponse:
+async def load(
+    name: ModelName, request: Request, registry: RegistryDep, keys: KeysDep
+) -> dict[str, Any] | ErrorJSONResponse:
     """Load the model's versions that are not loaded; 400 naming the error if none could be."""
-    refused = _refused(request)
+    refused = _refused(request, keys)
     if refused is not None:
         return refused
     try:
@@ -95,10 +96,12 @@ async def load(name: ModelName, request: Request, registry: RegistryDep) -> dict
 
 
 @router.post("/models/{name}/unload", response_model=None, responses=ERRORS)
-async def unload(name: ModelName, request: Request, registry: RegistryDep) -> dict[str, Any] | ErrorJSONResponse:
+async def unload(
+    name: ModelName, request: Request, registry: RegistryDep, keys: KeysDep
+) -> dict[str, Any] | ErrorJSONResponse:
     """Unload every version of the model: new sessions stop at once; its sessions drain (or, with
     `parameters.force`, end now with 410 model_unloaded)."""
-    refused = _refused(request)
+    refused = _refused(request, keys)
     if refused is not None:
         return refused
     try:

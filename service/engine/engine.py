@@ -284,7 +284,7 @@ class Engine:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        log.info("drained")
+        log.info("engine drained: every queued step ran")
 
     def _on_evicted(self, reason: str, count: int) -> None:
         # Every removal, whatever its cause (lazy expiry on access included), passes through here.
