@@ -2,7 +2,7 @@
 against it and names every problem (the input, output or metadata key it concerns).
 
 What the server relies on, and where:
-- service/engine/runtime.py loads the file with ONNX Runtime, reads the metadata (model/onnx_meta.py: `name`,
+- service/engine/ort.py loads the file with ONNX Runtime, reads the metadata (model/onnx_meta.py: `name`,
   `version`, `vocab`, `config`, `fingerprint`), requires the inputs and outputs below by name and in this order, and
   the layers and hidden sizes of h0 to be those of the config;
 - the batcher feeds any batch size and any sequence length (both axes dynamic), carries a session's state by feeding

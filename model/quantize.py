@@ -181,7 +181,7 @@ def quantize_model(src: Path, out: Path | None = None, val_text: str | None = No
 
 def resolve_provider(provider: ProviderChoice) -> Literal["cpu", "cuda"]:
     """The provider a server with this setting runs on: `auto` is CUDA where this ONNX Runtime offers it (the
-    rule of service/engine/runtime.py)."""
+    rule of service/engine/ort.py)."""
     if provider == "auto":
         return "cuda" if CUDA in ort.get_available_providers() else "cpu"
     return provider

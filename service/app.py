@@ -34,7 +34,7 @@ from service.api.middleware import ServiceMiddleware
 from service.api.playground import routes as playground
 from service.config import Settings
 from service.engine.engine import Engine
-from service.engine.runtime import OnnxRuntime, verify_sha256
+from service.engine.ort import OnnxRuntime, verify_sha256
 from service.metrics import Metrics, MetricsServer
 from service.registry import ModelRegistry
 from service.security.clients import parse_networks

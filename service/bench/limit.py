@@ -1,7 +1,7 @@
 """Scenario 1, the limit: raw ONNX Runtime in-process, the ceiling every served figure is a fraction of.
 
 One step = one `session.run` of one token per row at batch B, from the states the previous step returned, with
-the server's own session options (service/engine/runtime.py). Nothing else: no HTTP, no batching logic, no
+the server's own session options (service/engine/ort.py). Nothing else: no HTTP, no batching logic, no
 state gather/scatter, no sampling. Scenario 8 (GPU) is here too: the same steps on the CUDA provider, plain
 (every state crosses PCIe twice per step) against I/O binding (states stay on the device, only the ids go up
 and the logits come down).
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.engine.runtime import CUDA, OnnxRuntime
+from service.engine.ort import CUDA, OnnxRuntime
 
 
 def timed(fn: Callable[[], object], budget_s: float, min_calls: int = 5) -> list[float]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from service.engine.runtime import OnnxRuntime
+from service.engine.ort import OnnxRuntime
 from service.state.memory import MemoryStateStore
 
 CHUNK = 1024

@@ -104,7 +104,7 @@ def _us(fn: Callable[[], object], budget_s: float) -> float:
 def micro(ctx: Context) -> list[dict[str, Any]]:
     """Per-token and per-request costs of the hot path, in microseconds."""
     from service.api.schemas import SessionPredictResponse, TokenProbability, utc
-    from service.engine.runtime import OnnxRuntime
+    from service.engine.ort import OnnxRuntime
     from service.engine.sampling import SamplingBatch, sample
     from service.engine.topk import top_k
     from service.state.memory import MemoryStateStore

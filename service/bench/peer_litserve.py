@@ -32,7 +32,7 @@ class SessionLSTM(ls.LitAPI):  # type: ignore[misc]
 
     def setup(self, device: str) -> None:
         from model.onnx_meta import ModelMetadata
-        from service.engine.runtime import OnnxRuntime
+        from service.engine.ort import OnnxRuntime
 
         self.rt = OnnxRuntime(self.model, "cpu", intra_op_threads=1)
         import onnx

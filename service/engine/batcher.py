@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.engine.runtime import OnnxRuntime
+from service.engine.ort import OnnxRuntime
 from service.engine.sampling import SamplingBatch, sample
 from service.engine.steps import SampleNext, StepResult, TokenKind, check_position
 from service.engine.topk import TokenProb, top_k_rows

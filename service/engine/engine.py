@@ -35,7 +35,7 @@ from service.engine.batcher import Batcher, WorkItem
 from service.engine.config import EngineConfig
 from service.engine.head import Head
 from service.engine.locks import SessionLocks
-from service.engine.runtime import OnnxRuntime
+from service.engine.ort import OnnxRuntime
 from service.engine.state_io import PortableState, export_state, import_state
 from service.engine.steps import SampleNext, StatelessRow, StepResult, TokenKind, check_position
 from service.engine.topk import TokenProb, top_k

@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from service.engine.runtime import CPU, CUDA, ModelLoadError, OnnxRuntime, session_options
+from service.engine.ort import CPU, CUDA, ModelLoadError, OnnxRuntime, session_options
 
 LOGITS = "logits"
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from model.quantize import INT8, load_reference
 from model.reference import GateTrace, ReferenceLSTM
-from service.engine.runtime import ModelLoadError
+from service.engine.ort import ModelLoadError
 from service.engine.steps import StepResult
 from service.engine.topk import TokenProb
 from service.errors import InvalidInput

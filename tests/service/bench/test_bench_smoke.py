@@ -168,7 +168,7 @@ def test_curl_config_and_token_count(tmp_path: Path) -> None:
 def test_torch_baseline_computes_the_served_model(tiny_model_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from service.bench.baselines import torch_model_from_onnx
-    from service.engine.runtime import OnnxRuntime
+    from service.engine.ort import OnnxRuntime
 
     model, tokenizer = torch_model_from_onnx(tiny_model_path)
     rt = OnnxRuntime(tiny_model_path, "cpu")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.engine.batcher import MAX_CONFLICT_RETRIES, Batcher, WorkItem, staircase
-from service.engine.runtime import OnnxRuntime
+from service.engine.ort import OnnxRuntime
 from service.errors import Draining, PositionConflict, SessionNotFound
 from service.metrics import Metrics
 from service.state.memory import MemoryStateStore

@@ -13,7 +13,7 @@ import pytest
 from service.app import Serving
 from service.engine.engine import Engine
 from service.engine.generation import Finished, GenerationParams, Generator, Token
-from service.engine.runtime import OnnxRuntime
+from service.engine.ort import OnnxRuntime
 from service.errors import InvalidInput, SessionNotFound
 from service.metrics import Metrics
 from tests.service.conftest import SettingsFactory

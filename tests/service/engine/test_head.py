@@ -11,7 +11,7 @@ import pytest
 from onnx import helper
 
 from service.engine.head import Head
-from service.engine.runtime import ModelLoadError, OnnxRuntime
+from service.engine.ort import ModelLoadError, OnnxRuntime
 
 RNG = np.random.default_rng(3)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.app import Serving
-from service.engine.runtime import ModelLoadError
+from service.engine.ort import ModelLoadError
 from tests.service.conftest import SettingsFactory
 
 

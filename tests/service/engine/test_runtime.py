@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from model.reference import ReferenceLSTM
-from service.engine.runtime import CUDA, ModelLoadError, OnnxRuntime, resolve_providers, session_options
+from service.engine.ort import CUDA, ModelLoadError, OnnxRuntime, resolve_providers, session_options
 
 
 def test_provider_resolution() -> None:
