@@ -34,7 +34,7 @@ from model.tokenizer import InvalidTokenIdError, UnknownCharacterError
 from service.engine.batcher import Batcher, WorkItem
 from service.engine.config import EngineConfig
 from service.engine.head import Head
-from service.engine.locks import SessionLocks
+from service.engine.keyed_locks import KeyedLocks
 from service.engine.ort import OnnxRuntime
 from service.engine.state_io import PortableState, export_state, import_state
 from service.engine.steps import SampleNext, StatelessRow, StepResult, TokenKind, check_position
@@ -156,7 +156,7 @@ class Engine:
         self._head: Head | None = None
         self._head_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
-        self._locks = SessionLocks()
+        self._locks = KeyedLocks()
         self._ready = False
         self._draining = False
         self._stopping = False  # SIGTERM received: no new sessions or streams, readiness false

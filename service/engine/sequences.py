@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.engine.locks import SessionLocks
+from service.engine.keyed_locks import KeyedLocks
 from service.errors import EngineError, InvalidInput, SequenceNotStarted, SessionExpired, SessionNotFound
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def sequence_key(model: str, sequence_id: int | str, owner: str = "") -> str:
 class Sequences:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._locks = SessionLocks()  # one per sequence key: start, feed and end of a request are atomic
+        self._locks = KeyedLocks()  # one per sequence key: start, feed and end of a request are atomic
         self._sessions: OrderedDict[str, str] = OrderedDict()  # sequence key -> session id, least recent first
 
     def __len__(self) -> int:

@@ -54,6 +54,7 @@ def test_short_bench_writes_report_results_and_plots(short_run: tuple[Path, dict
     out, results = short_run
     for scenario in ("limit", "predict", "resend", "stream", "steps", "memory", "optimisations", "gpu", "fairness"):
         assert scenario in results, scenario
+    assert "durable" in results
     assert [r["batch"] for r in results["limit"]["batches"]] == [1, 16]
     for name in ("main", "off", "noop", "torch", *(("litserve",) if HAS_LITSERVE else ())):
         points = results["predict"][name]
@@ -69,6 +70,14 @@ def test_short_bench_writes_report_results_and_plots(short_run: tuple[Path, dict
     fair = results["fairness"]
     assert fair["main"]["short_requests"] > 0 and fair["unchunked"]["short_requests"] > 0
     assert "## 10. Fair scheduling" in (out / "README.md").read_text()
+    durable = results["durable"]["points"]
+    assert [(p["kind"], p["concurrency"]) for p in durable] == [("predict", 1), ("predict", 16), ("stream", 1)]
+    for p in durable:
+        for name in ("main", "durable"):
+            assert p[name]["throughput"] > 0 and p[name]["point"]["errors"] == 0, (name, p)
+        assert p["ratio_durable_off"]["throughput"] > 0, p
+    assert "--durable --snapshot-path $TMPDIR/" in results["meta"]["servers"]["durable"]
+    assert "## 11. Durable mode" in (out / "README.md").read_text()
     names = {t["name"] for t in results["targets"]}
     assert names >= {"predict_1_p50", "predict_16_throughput", "stream_1_vs_limit", "stream_16_vs_limit"}
     assert names >= {"vs_litserve_throughput", "vs_litserve_p99", "int8_speed_1", "int8_speed_16", "int8_loss"}

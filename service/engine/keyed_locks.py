@@ -1,4 +1,5 @@
-"""Per-session FIFO ordering: one asyncio.Lock per session id, held across a request, dropped when idle.
+"""FIFO ordering per key (a session id, or a V2 sequence key): one asyncio.Lock per key, held across a request,
+dropped when idle.
 
 asyncio.Lock wakes its waiters in the order they started waiting and a newcomer never overtakes a waiter, so
 requests to one session are applied one after another in arrival order. Entries are reference-counted and
@@ -20,7 +21,7 @@ class _Entry:
         self.users = 0
 
 
-class SessionLocks:
+class KeyedLocks:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
 
