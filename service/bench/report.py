@@ -12,6 +12,7 @@ from service.bench.plots import write_plots
 from service.bench.report_sections import (
     fmt,
     section_baselines,
+    section_durable,
     section_fairness,
     section_gpu,
     section_limit,
@@ -165,6 +166,7 @@ def render(results: dict[str, Any], plots: dict[str, str]) -> str:
         section_gpu,
         section_optimisations,
         section_fairness,
+        section_durable,
     ):
         lines += section(results, plots)
     lines += section_missed(results)

@@ -429,3 +429,55 @@ def section_fairness(results: dict[str, Any], plots: Plots) -> list[str]:
         f"p99 with chunking / without: {fmt(ratio)}x." if ratio is not None else "",
         "",
     ]
+
+
+def _pair(p: dict[str, Any], kind: str) -> str:
+    a, b = ("p50_ms", "p99_ms") if kind == "predict" else ("first_byte_ms", "inter_token_ms")
+    return f"{fmt(p.get(a))} / {fmt(p.get(b))}"
+
+
+def section_durable(results: dict[str, Any], plots: Plots) -> list[str]:
+    dur = results.get("durable")
+    head = ["## 11. Durable mode: the journal's cost (`--durable`, one write and one fsync per batch)", ""]
+    if (s := _status("Durable mode", dur)) is not None:
+        return head + s
+    assert dur is not None
+    rows = []
+    for row in dur.get("points", []):
+        off, on, ratio = row.get("main") or {}, row.get("durable") or {}, row.get("ratio_durable_off") or {}
+        kind, c = row["kind"], row["concurrency"]
+        many = "s" if c > 1 else ""
+        what = f"predict, {c} session{many} (req/s)" if kind == "predict" else f"SSE, {c} stream{many} (tokens/s)"
+        rows.append(
+            [
+                what,
+                fmt(off.get("throughput"), 0),
+                fmt(on.get("throughput"), 0),
+                fmt(ratio.get("throughput")),
+                _pair(off, kind),
+                _pair(on, kind),
+                _pair(ratio, kind),
+            ]
+        )
+    return [
+        *head,
+        "The product server as it ships (durable off) beside the same flags plus `--durable --snapshot-path FILE` "
+        "(the file in the run's temporary directory: the fsync costs what that disk costs), each point measured "
+        "on one server right after the other. Predict: one character per request on primed sessions (wrk); "
+        "latency = p50 / p99 of the requests. SSE: one streamed generation (curl); latency = time to first byte "
+        "/ mean gap between tokens (one stream gives one of each). Ratios are durable / off.",
+        "",
+        *table(
+            [
+                "point",
+                "throughput off",
+                "throughput durable",
+                "durable / off",
+                "latency ms off",
+                "latency ms durable",
+                "latency durable / off",
+            ],
+            rows,
+        ),
+        "",
+    ]

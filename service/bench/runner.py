@@ -20,6 +20,7 @@ from model.paths import BUNDLED_MODEL
 from service.bench import plan as plans
 from service.bench import profile, servers, targets
 from service.bench.context import Context, Target
+from service.bench.durable import scenario_durable
 from service.bench.fairness import scenario_fairness
 from service.bench.machine import commit, cpu_available, machine_info
 from service.bench.optimise import scenario_optimisations
@@ -43,6 +44,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "optimisations": scenario_optimisations,
     "gpu": scenario_gpu,
     "fairness": scenario_fairness,
+    "durable": scenario_durable,
 }
 # The servers each scenario drives (the product server "main" may instead be given by --url).
 NEEDS: dict[str, set[str]] = {
@@ -53,13 +55,18 @@ NEEDS: dict[str, set[str]] = {
     "optimisations": {"main", "h11", "quiet", "switch", "otel", "noop"},
     "gpu": {"gpu"},
     "fairness": {"main", "unchunked"},
+    "durable": {"main", "durable"},
 }
 DEFAULT_OUT = Path("docs/benchmarks")
 SHORT_OUT = Path("build/bench-short")
+SNAPSHOT_FILE = "durable-sessions.snapshot"  # the durable server's, in the run's temporary directory
 
 
-def server_specs(model: Path, plan: plans.Plan, fp32: Path | None = None) -> dict[str, servers.ServerSpec]:
-    """`model`: the served artifact; `fp32`: its fp32 parent, for the PyTorch peer (which needs float weights)."""
+def server_specs(
+    model: Path, plan: plans.Plan, fp32: Path | None = None, state_dir: Path | None = None
+) -> dict[str, servers.ServerSpec]:
+    """`model`: the served artifact; `fp32`: its fp32 parent, for the PyTorch peer (which needs float weights);
+    `state_dir`: where the durable server keeps its snapshot and journal (no durable server without it)."""
     sessions = 4 * max(plan.concurrencies) + 64  # every user's session, with room to spare
     main = servers.product(model, max_batch_size=max(plan.concurrencies), max_sessions=sessions)
     specs = {
@@ -78,6 +85,9 @@ def server_specs(model: Path, plan: plans.Plan, fp32: Path | None = None) -> dic
     }
     gpu = servers.product(model, max_batch_size=max(plan.concurrencies), max_sessions=sessions, provider="cuda")
     specs["gpu"] = servers.ServerSpec("gpu", "service", gpu)
+    if state_dir is not None:
+        durable = ["--durable", "--snapshot-path", str(state_dir / SNAPSHOT_FILE)]
+        specs["durable"] = servers.ServerSpec("durable", "service", [*main, *durable])
     return specs
 
 
@@ -225,15 +235,15 @@ def bench(args: argparse.Namespace) -> int:
             "scenarios": selected,
         }
     }
-    specs = server_specs(model, plan, found.get("fp32"))
     with tempfile.TemporaryDirectory(prefix="lstm-serve-bench-") as tmp:
+        specs = server_specs(model, plan, found.get("fp32"), Path(tmp))
         running: list[servers.Server] = []
         load = servers.LoadProcess()
         ctx = Context(plan, model, meta, out, args.seed, load, precision=precision, artifacts=found)
         try:
             for name in sorted(_wanted_servers(selected, args.url, "fp32" in found)):
                 running.append(servers.start(specs[name], Path(tmp)))
-                ctx.commands[name] = specs[name].shown()
+                ctx.commands[name] = specs[name].shown().replace(tmp, "$TMPDIR")  # nothing of this machine
             for server in running:
                 server.wait_ready()
                 ctx.targets[server.spec.name] = Target.of(server)
