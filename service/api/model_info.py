@@ -1,19 +1,34 @@
-"""GET /v1/model: what is being served and how, built here from the engine's typed facts and the settings."""
+"""GET /v1/model: what is being served and how, built here from the engine's typed facts and the settings; with
+`?model=` (and `&version=`) a repository's other models and versions, else the default model's latest version."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from service.api.deps import EngineDep, SettingsDep
+from fastapi import APIRouter, Query
+
+from service.api.deps import EngineDep, RegistryDep, SettingsDep
 from service.api.errors import responses
 from service.api.schemas import BatchingInfo, LimitsInfo, ModelInfo, SessionsInfo
 
 router = APIRouter(tags=["model"])
 
 
-@router.get("/v1/model", response_model=ModelInfo, responses=responses())
-async def model_info(engine: EngineDep, settings: SettingsDep) -> ModelInfo:
+@router.get("/v1/model", response_model=ModelInfo, responses=responses(404, 422))
+async def model_info(
+    engine: EngineDep,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    model: Annotated[
+        str | None, Query(max_length=256, description="A model's name (GET /v1/models); default: the default model.")
+    ] = None,
+    version: Annotated[
+        str | None, Query(max_length=32, description="The model's version; default: its latest loaded version.")
+    ] = None,
+) -> ModelInfo:
     """Name, version, fingerprint, vocabulary, shape, execution provider, batching and session settings."""
+    if model is not None or version is not None:
+        engine = registry.resolve(model, version).engine  # 404 model_not_found, naming what is served
     engine.check_serving()
     served, cfg = engine.model, engine.config
     meta = served.metadata

@@ -55,8 +55,12 @@ def bars(page: Any) -> list[tuple[str, float]]:
 def test_page_loads_offline_without_console_errors(page: Any, server: ServerProcess) -> None:
     r = httpx.get(server.base_url + "/")
     assert r.status_code == 200 and "connect-src 'self'" in r.headers["content-security-policy"]
-    wait_for(page, lambda b: "layers" in by_testid(b, "model").text, what="the model facts")
-    assert "shakespeare-lstm" in by_testid(page, "model").text
+    wait_for(page, lambda b: "layers" in by_testid(b, "facts").text, what="the model facts")
+    assert "shakespeare-lstm" in by_testid(page, "facts").text
+    # One model served: the picker shows it, with nothing else to choose.
+    picker = by_testid(page, "model")
+    options = picker.find_elements("css selector", "option")
+    assert [o.text for o in options] == ["shakespeare-lstm v1 (default)"] and not picker.is_enabled()
     wait_for(page, lambda b: by_testid(b, "tokens-per-s").text != "–", what="the live counters")
     assert int(by_testid(page, "sessions").text) >= 1
     # Every resource the page fetched came from this server; nothing external was even attempted.

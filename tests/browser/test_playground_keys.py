@@ -45,7 +45,7 @@ def test_wrong_key_is_an_inline_error_and_the_right_key_works(browser: Any, serv
     key.send_keys(KEY + "\n")
     wait_for(browser, lambda b: js(b, "return window.playground.sessionId"), what="a session with the key")
     assert error.text == ""
-    assert "shakespeare-lstm" in by_testid(browser, "model").text
+    assert "shakespeare-lstm" in by_testid(browser, "facts").text
     by_testid(browser, "prompt").send_keys("JULIET:")
     wait_for(browser, lambda b: idle(b) and js(b, "return window.playground.branch.position") == 7, what="predicts")
     assert len(browser.find_elements("css selector", '[data-testid="next-item"]')) == 8

@@ -5,6 +5,10 @@
 // change in the middle, typing after a generation) resets the session and replays the box's text: one request,
 // since a session is defined by the text it has consumed. Stop aborts the stream and does the same reset and
 // replay of what is shown, so the session holds exactly the characters on the page.
+//
+// The model picker lists every served model version (GET /v1/models). Choosing one starts a new branch: a session
+// on that version (POST /v1/sessions with "model" and "version") that replays the box's text; predicting,
+// generating, forking and inspecting then go through that session or name its version.
 "use strict";
 
 (function () {
@@ -41,6 +45,7 @@
     unitText: $("unit-text"),
     tooltip: $("tooltip"),
     facts: $("facts"),
+    model: $("model"),
     keyForm: $("key-form"),
     key: $("api-key"),
     keyError: $("key-error"),
@@ -59,6 +64,8 @@
   let inspectTimer = 0;
   let inspectSeq = 0;
   let picked = null; // {layer, unit}
+  let models = []; // the picker's entries: {name, version, state}
+  let factsSeq = 0;
 
   // ---- the API -----------------------------------------------------------------------------------------------
   class ApiError extends Error {
@@ -129,16 +136,92 @@
     await start();
   });
 
-  // ---- model facts and counters ------------------------------------------------------------------------------
-  async function loadModel() {
-    const m = await api("GET", "/v1/model");
+  // ---- model facts, the model picker and counters ------------------------------------------------------------
+  // The facts of one model version (`choice`: {name, version} as the picker and sessions name it; none: the
+  // default model). Named as the repository names it, which may differ from the name inside the ONNX file.
+  async function loadModel(choice = null) {
+    const seq = ++factsSeq;
+    const query = choice
+      ? `?model=${encodeURIComponent(choice.name)}&version=${encodeURIComponent(choice.version)}`
+      : "";
+    const m = await api("GET", `/v1/model${query}`);
+    if (seq !== factsSeq) return m; // a later choice's facts are on their way
+    const name = choice ? choice.name : m.name;
+    const version = choice ? choice.version : m.version;
     const loss = m.val_loss == null ? "" : ` · validation loss ${m.val_loss.toFixed(3)} nats/char`;
+    const layers = `${m.layers} layer${m.layers === 1 ? "" : "s"}`;
     el.facts.textContent =
-      `${m.name} v${m.version} · ${m.layers} layers × ${m.hidden_size} units${m.peephole ? " (peephole)" : ""}` +
+      `${name} v${version} · ${layers} × ${m.hidden_size} units${m.peephole ? " (peephole)" : ""}` +
       ` · ${m.vocab_size} characters · ${m.provider} · ${m.fingerprint.slice(0, 19)}…${loss}`;
     el.facts.title = `vocabulary: ${m.vocabulary}`;
+    el.facts.dataset.model = name;
+    el.facts.dataset.version = version;
     return m;
   }
+
+  function choiceOf(b) {
+    return b && b.model ? { name: b.model, version: b.version } : null;
+  }
+
+  function sessionBody(b) {
+    return b && b.model ? { model: b.model, version: b.version } : {};
+  }
+
+  function showFacts(b) {
+    const choice = choiceOf(b);
+    if (!choice || (el.facts.dataset.model === choice.name && el.facts.dataset.version === choice.version)) return;
+    loadModel(choice).catch((error) => showError(el.promptError, error));
+  }
+
+  // Every served version, the default (the first session's) marked; versions being unloaded are listed but cannot
+  // be chosen. With one model the picker shows that one entry.
+  async function loadModels() {
+    let list = [];
+    try {
+      list = (await api("GET", "/v1/models")).data;
+    } catch (_) {
+      /* the picker then shows the current session's model only */
+    }
+    const defaultChoice = branches.length ? choiceOf(branches[0]) : null;
+    models = [];
+    for (const card of list) {
+      for (const v of card.versions) models.push({ name: card.id, version: v.version, state: v.state });
+    }
+    if (branch && branch.model && !models.some((m) => m.name === branch.model && m.version === branch.version)) {
+      models.push({ name: branch.model, version: branch.version, state: "READY" });
+    }
+    el.model.replaceChildren(
+      ...models.map((m, n) => {
+        const option = document.createElement("option");
+        option.value = String(n);
+        const isDefault = defaultChoice && defaultChoice.name === m.name && defaultChoice.version === m.version;
+        option.textContent =
+          `${m.name} v${m.version}` + (isDefault ? " (default)" : "") + (m.state === "READY" ? "" : " (unloading)");
+        option.disabled = m.state !== "READY";
+        return option;
+      }),
+    );
+    showBranch();
+  }
+
+  el.model.addEventListener("change", async () => {
+    const choice = models[Number(el.model.value)];
+    if (!choice || generation) return;
+    el.output.textContent = "";
+    el.generateStatus.textContent = "";
+    drawBars([]);
+    try {
+      await newBranch(`${choice.name} v${choice.version}`, choice);
+      el.promptError.textContent = "";
+    } catch (error) {
+      showError(el.promptError, error);
+      showBranch(); // back to the current branch's model
+      return;
+    }
+    showFacts(branch);
+    scheduleInspection();
+    await sync(); // the new session replays the box's text
+  });
 
   let lastCount = null;
   async function pollCounters() {
@@ -167,11 +250,15 @@
   function showBranch() {
     el.sessionId.textContent = branch ? branch.id : "–";
     el.position.textContent = branch ? String(branch.position) : "0";
+    const onModel = models.findIndex((m) => branch && m.name === branch.model && m.version === branch.version);
+    if (onModel >= 0) el.model.value = String(onModel);
+    el.model.disabled = generation !== null || models.length < 2;
+    const mixed = new Set(branches.map((b) => `${b.model} v${b.version}`)).size > 1;
     el.branches.replaceChildren(
       ...branches.map((b, n) => {
         const option = document.createElement("option");
         option.value = String(n);
-        option.textContent = b.name;
+        option.textContent = mixed && !b.name.startsWith(b.model) ? `${b.name} (${b.model} v${b.version})` : b.name;
         option.selected = b === branch;
         return option;
       }),
@@ -179,9 +266,18 @@
     el.keep.disabled = !branch || !branch.output || generation !== null;
   }
 
-  async function newBranch(name) {
-    const created = await api("POST", "/v1/sessions", {});
-    const b = { id: created.session_id, name, consumed: "", output: "", position: created.position };
+  // A branch on `choice` ({name, version}; none: the server's default model).
+  async function newBranch(name, choice = null) {
+    const created = await api("POST", "/v1/sessions", choice ? { model: choice.name, version: choice.version } : {});
+    const b = {
+      id: created.session_id,
+      name,
+      consumed: "",
+      output: "",
+      position: created.position,
+      model: created.model,
+      version: created.version,
+    };
     branches.push(b);
     branch = b;
     showBranch();
@@ -229,7 +325,7 @@
       el.promptError.textContent = "";
     } catch (error) {
       if (!retried && ["session_not_found", "session_expired", "position_conflict"].includes(error.code)) {
-        if (error.code !== "position_conflict") b.id = (await api("POST", "/v1/sessions", {})).session_id;
+        if (error.code !== "position_conflict") b.id = (await api("POST", "/v1/sessions", sessionBody(b))).session_id;
         b.stale = true; // the next attempt starts over from an empty state
         return syncOnce(true);
       }
@@ -316,6 +412,7 @@
     el.fork.disabled = on;
     el.reset.disabled = on;
     el.branches.disabled = on;
+    el.model.disabled = on || models.length < 2;
     el.prompt.readOnly = on; // the session is busy writing; typing resumes when it is done
     showBranch();
   }
@@ -462,6 +559,7 @@
     el.output.textContent = branch.output;
     drawBars([]);
     showBranch();
+    showFacts(branch); // branches may run on different models
     scheduleInspection();
   });
 
@@ -487,10 +585,12 @@
       el.gatesStatus.textContent = "Type something to see the gates.";
       return;
     }
-    if (inspection && inspection.text === text) return;
+    const model = sessionBody(branch);
+    if (inspection && inspection.text === text && inspection.model === JSON.stringify(model)) return;
     const seq = ++inspectSeq;
     try {
       const body = await api("POST", "/v1/inspect", {
+        ...model, // the branch's model version, as its session
         text,
         units: UNITS,
         gates: GATES.map(([g]) => g),
@@ -498,7 +598,7 @@
         top_k: 1,
       });
       if (seq !== inspectSeq) return; // a newer one is on its way
-      inspection = { text, body };
+      inspection = { text, body, model: JSON.stringify(model) };
       drawGates(body);
       el.gatesStatus.textContent =
         full.length > text.length ? `Showing the first ${text.length} characters (the server's inspection limit).` : "";
@@ -684,7 +784,11 @@
   // ---- start -------------------------------------------------------------------------------------------------
   async function start() {
     try {
-      if (!branch) await newBranch("main");
+      if (!branch) {
+        await newBranch("main");
+        await loadModels();
+        showFacts(branch); // named as the repository names it
+      }
       el.promptError.textContent = "";
       await sync();
     } catch (error) {
@@ -738,6 +842,9 @@
     },
     get keysOn() {
       return keysOn;
+    },
+    get model() {
+      return choiceOf(branch);
     },
   };
 
