@@ -57,8 +57,8 @@ test: system-deps dev
 	$(PY) -m pytest
 
 lint: dev
-	$(VENV)/bin/ruff check service model tests
-	$(VENV)/bin/ruff format --check service model tests
+	$(VENV)/bin/ruff check service model tests clients
+	$(VENV)/bin/ruff format --check service model tests clients
 	$(VENV)/bin/mypy
 
 train: dev

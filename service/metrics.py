@@ -126,6 +126,12 @@ class Metrics:
         self.model_sessions_created = Counter(
             PREFIX + "model_sessions_created", "Sessions created on each model version.", mv, registry=r
         )
+        self.model_requests = Counter(
+            PREFIX + "model_requests",
+            "HTTP requests that worked on a model version, by version, route template and status code.",
+            [*mv, "route", "status"],
+            registry=r,
+        )
         self.model_tokens = Counter(
             PREFIX + "model_tokens", "Tokens run through each model version, by kind.", [*mv, "kind"], registry=r
         )

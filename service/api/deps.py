@@ -31,18 +31,44 @@ async def get_registry(connection: HTTPConnection) -> ModelRegistry:
     return registry
 
 
+def _noted(connection: HTTPConnection, unit: Unit) -> Unit:
+    """Record the model version a request works on: the one middleware counts the request under it
+    (lstm_serve_model_requests_total), bounded by the versions loaded, never by client input."""
+    state = connection.scope.setdefault("state", {})
+    state["model"], state["model_version"] = unit.name, unit.version
+    return unit
+
+
+class Models:
+    """The model registry as one request sees it: the version it resolves is recorded for its metrics."""
+
+    def __init__(self, registry: ModelRegistry, connection: HTTPConnection) -> None:
+        self._registry = registry
+        self._connection = connection
+
+    def resolve(self, name: str | None = None, version: str | int | None = None) -> Unit:
+        return _noted(self._connection, self._registry.resolve(name, version))
+
+    def for_session(self, session_id: str) -> Unit:
+        return _noted(self._connection, self._registry.for_session(session_id))
+
+
 # async: a plain def dependency would be run in a worker thread, a needless hop (and reordering) per request
 async def get_unit(connection: HTTPConnection) -> Unit:
     """The model version this request works on: its session's, its V2 path's, or the default's."""
-    registry: ModelRegistry = connection.app.state.registry
+    models = Models(connection.app.state.registry, connection)
     params = connection.path_params
     session_id = params.get("id")
     if session_id is not None:
-        return registry.for_session(session_id)
+        return models.for_session(session_id)
     name = params.get("name")
     if name is not None and connection.url.path.startswith("/v2/models/"):
-        return registry.resolve(name, params.get("version"))
-    return registry.resolve()
+        return models.resolve(name, params.get("version"))
+    return models.resolve()
+
+
+async def get_models(connection: HTTPConnection) -> Models:
+    return Models(connection.app.state.registry, connection)
 
 
 async def get_engine(connection: HTTPConnection) -> Engine:
@@ -72,6 +98,7 @@ async def get_sequences(connection: HTTPConnection) -> Sequences:
 
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 UnitDep = Annotated[Unit, Depends(get_unit)]
+ModelsDep = Annotated[Models, Depends(get_models)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 GeneratorDep = Annotated[Generator, Depends(get_generator)]

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from service.api.access import CallerDep, SessionId
-from service.api.deps import GeneratorDep, RegistryDep, SettingsDep
+from service.api.deps import GeneratorDep, ModelsDep, SettingsDep
 from service.api.errors import responses
 from service.api.schemas_generate import (
     GenerateRequest,
@@ -86,7 +86,7 @@ async def session_generate(
     "/v1/generate", response_model=GenerateResponse, responses={**SSE_RESPONSES, **responses(400, 404, 413, 422)}
 )
 async def generate(
-    body: GenerateRequest, registry: RegistryDep, settings: SettingsDep, caller: CallerDep
+    body: GenerateRequest, registry: ModelsDep, settings: SettingsDep, caller: CallerDep
 ) -> Response | GenerateResponse:
     """Stateless generation: feed the prompt from a zero state and generate; nothing is stored. `model` and
     `version` choose the model (default: the default model's latest version)."""

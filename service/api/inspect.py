@@ -19,7 +19,7 @@ from fastapi import APIRouter, Response
 
 from model.reference import GateTrace
 from service.api.access import SessionId
-from service.api.deps import EngineDep, InspectorDep, RegistryDep
+from service.api.deps import EngineDep, InspectorDep, ModelsDep
 from service.api.errors import error_response, responses
 from service.api.schemas import TokenProbability
 from service.api.schemas_generate import InspectRequest, InspectResponse
@@ -135,7 +135,7 @@ async def session_inspect(
     response_class=Response,
     responses={200: {"content": {"application/json": {}}}, **responses(400, 404, 413, 422)},
 )
-async def inspect(body: InspectRequest, registry: RegistryDep) -> Response:
+async def inspect(body: InspectRequest, registry: ModelsDep) -> Response:
     """Stateless gate inspection: the same, from a zero state; nothing is stored. `model` and `version` choose the
     model (default: the default model's latest version)."""
     unit = registry.resolve(body.model, body.version)

@@ -129,6 +129,8 @@ class ServiceMiddleware:
         self.metrics.requests.labels(route, method, str(status)).inc()
         self.metrics.request_latency.labels(route).observe(elapsed)
         state: dict[str, Any] = scope.get("state") or {}
+        if "model" in state:  # the version the request worked on (service/api/deps.py records it)
+            self.metrics.model_requests.labels(state["model"], state["model_version"], route, str(status)).inc()
         session_id = (scope.get("path_params") or {}).get("id") or state.get("session_id")
         if isinstance(session_id, str):
             session_id = session_id[:64]  # a path can carry anything; real ids are 22 characters

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.api.deps import EngineDep, RegistryDep, SettingsDep
+from service.api.deps import EngineDep, ModelsDep, SettingsDep
 from service.api.errors import responses
 from service.api.schemas import BatchingInfo, LimitsInfo, ModelInfo, SessionsInfo
 
@@ -17,7 +17,7 @@ router = APIRouter(tags=["model"])
 @router.get("/v1/model", response_model=ModelInfo, responses=responses(404, 422))
 async def model_info(
     engine: EngineDep,
-    registry: RegistryDep,
+    registry: ModelsDep,
     settings: SettingsDep,
     model: Annotated[
         str | None, Query(max_length=256, description="A model's name (GET /v1/models); default: the default model.")

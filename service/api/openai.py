@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from service.api.access import CallerDep, check_owner
-from service.api.deps import RegistryDep, SettingsDep
+from service.api.deps import ModelsDep, RegistryDep, SettingsDep
 from service.api.errors import responses
 from service.api.schemas_openai import (
     Completion,
@@ -134,7 +134,7 @@ def _model_of(name: str) -> tuple[str, str | None]:
 )
 async def completions(
     body: CompletionRequest,
-    registry: RegistryDep,
+    registry: ModelsDep,
     settings: SettingsDep,
     request: Request,
     caller: CallerDep,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import RegistryDep
+from service.api.deps import ModelsDep
 from service.api.errors import responses
 from service.api.schemas import PredictRequest, PredictResponse, TokenProbability
 
@@ -12,7 +12,7 @@ router = APIRouter(tags=["prediction"])
 
 
 @router.post("/v1/predict", response_model=PredictResponse, responses=responses(400, 404, 413, 422))
-async def predict(body: PredictRequest, registry: RegistryDep) -> PredictResponse:
+async def predict(body: PredictRequest, registry: ModelsDep) -> PredictResponse:
     """Stateless prediction: feed the whole text (or token ids) and return the most likely next tokens (on the
     `model` and `version` named, by default the default model's latest version)."""
     result = await registry.resolve(body.model, body.version).engine.predict(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from service.api.access import CallerDep, SessionId
-from service.api.deps import EngineDep, RegistryDep, UnitDep
+from service.api.deps import EngineDep, ModelsDep, UnitDep
 from service.api.errors import responses
 from service.api.schemas import (
     CreateSessionRequest,
@@ -37,7 +37,7 @@ def _log_session(request: Request, session_id: str) -> None:
     responses=responses(400, 404, 413, 422, 429),
 )
 async def create_session(
-    registry: RegistryDep, request: Request, caller: CallerDep, body: CreateSessionRequest | None = None
+    registry: ModelsDep, request: Request, caller: CallerDep, body: CreateSessionRequest | None = None
 ) -> SessionCreated:
     """Create a session at position 0 (or from an exported `state`); if `text` or `tokens` are given, feed them
     and return the next-token distribution too. The body may be omitted. With a model repository, `model` and
@@ -95,7 +95,7 @@ async def reset_session(session_id: SessionId, unit: UnitDep) -> SessionInfo:
 
 @router.post("/{id}/fork", status_code=201, response_model=ForkResponse, responses=responses(400, 404, 413, 422, 429))
 async def fork_session(
-    session_id: SessionId, unit: UnitDep, registry: RegistryDep, request: Request, body: ForkRequest | None = None
+    session_id: SessionId, unit: UnitDep, registry: ModelsDep, request: Request, body: ForkRequest | None = None
 ) -> ForkResponse:
     """A new session with a copy of this one's state and position: cheap branching. The source is unchanged. The
     fork runs on the source's model version (refused once that version is unloading)."""

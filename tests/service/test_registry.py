@@ -142,6 +142,12 @@ async def test_two_models_one_process_a_session_on_each(run_app: RunApp) -> None
         metrics = (await client.get("/metrics")).text
         assert 'lstm_serve_model_sessions{model="small",version="1"} 3.0' in metrics
         assert "lstm_serve_active_sessions 4.0" in metrics
+        # Requests are counted per version they worked on, by route and status (never by client input).
+        m = 'lstm_serve_model_requests_total{model="%s",route="%s",status="%s",version="1"}'
+        assert m % ("small", "/v1/sessions/{id}/predict", "200") + " 1.0" in metrics
+        assert m % ("plays", "/v1/sessions/{id}/predict", "200") + " 1.0" in metrics
+        assert m % ("small", "/v1/predict", "422") + " 1.0" in metrics  # the invalid_token answer
+        assert 'model="nope"' not in metrics
 
 
 async def _stream_tokens(client: httpx.AsyncClient, sid: str, started: asyncio.Event) -> dict[str, Any]:
