@@ -60,7 +60,8 @@ def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def distributions(python: Path) -> dict[str, list[str]]:
-    out = subprocess.run([str(python), "-c", LIST_DISTRIBUTIONS], capture_output=True, text=True, check=True)
+    # -I: the working directory (a checkout holding an egg-info of the server) is not on sys.path
+    out = subprocess.run([str(python), "-I", "-c", LIST_DISTRIBUTIONS], capture_output=True, text=True, check=True)
     return {canonicalize_name(d["name"]): d["requires"] for d in json.loads(out.stdout)}
 
 
