@@ -50,7 +50,8 @@ class SamplingFields(Strict):
         ge=0,
         le=MAX_SEED,
         description="Makes the output reproducible: the same state, parameters and seed give the same tokens, "
-        "whatever else the server is doing. Drawn at random when omitted.",
+        "whatever else the server is doing (exactly with the fp32 model; the int8 model's logits move slightly with "
+        "what shares its batch, see README). Drawn at random when omitted.",
     )
     stop: list[str] = Field(
         default_factory=list,

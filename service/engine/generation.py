@@ -10,6 +10,8 @@ only its stored state, so its first token is drawn from the output layer applied
 (service/engine/head.py), bit for bit the logits the full graph gave after the session's last token. A
 generation's tokens are therefore the same whether its prompt came with it, was fed to the session earlier, or went
 through the stateless route; and, drawn with counter-based seeded uniforms, whatever streams share its batches.
+(Exactly so on the fp32 model; the int8 kernel quantizes each call's inputs with the call's own range, so its logits
+depend slightly on the batch: README, "Streaming generation".)
 
 Sessions, and what was sent. A generation holds its session's lock from its first step to its last, so a predict
 on the same session waits for it. Each token's step writes the session's state (compare-and-set) before the token
