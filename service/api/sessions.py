@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from service.api.access import CallerDep, SessionId
 from service.api.deps import EngineDep, ModelsDep, UnitDep
 from service.api.errors import responses
+from service.api.fast_json import FastJSON, token_probs, utc_time
 from service.api.schemas import (
     CreateSessionRequest,
     ForkRequest,
@@ -17,8 +18,6 @@ from service.api.schemas import (
     SessionPredictRequest,
     SessionPredictResponse,
     SessionState,
-    TokenProbability,
-    utc,
 )
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -57,20 +56,20 @@ async def create_session(
 
 
 @router.post("/{id}/predict", response_model=SessionPredictResponse, responses=responses(400, 404, 409, 413, 422))
-async def session_predict(
-    session_id: SessionId, body: SessionPredictRequest, engine: EngineDep
-) -> SessionPredictResponse:
+async def session_predict(session_id: SessionId, body: SessionPredictRequest, engine: EngineDep) -> Response:
     """Feed the next piece of text to the session and return the most likely next tokens. The session's state
     advances only if the request succeeds; with `expected_position` it applies only at that position (409 if not)."""
     result = await engine.session_predict(
         session_id, text=body.text, tokens=body.tokens, top_k=body.top_k, expected_position=body.expected_position
     )
     r = result.record
-    return SessionPredictResponse(
-        session_id=r.session_id,
-        position=r.position,
-        expires_at=utc(r.expires_at),
-        next=[TokenProbability.of(t) for t in result.next],
+    return FastJSON(
+        {
+            "session_id": r.session_id,
+            "position": r.position,
+            "expires_at": utc_time(r.expires_at),
+            "next": token_probs(result.next),
+        }
     )
 
 
