@@ -8,7 +8,6 @@ validation and serialization of what the engine already typed. Datetimes are wri
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -26,7 +25,3 @@ class FastJSON(Response):
 
 def token_probs(tokens: Sequence[TokenProb]) -> list[dict[str, Any]]:
     return [{"token": t.token, "id": t.id, "prob": t.prob} for t in tokens]
-
-
-def utc_time(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=UTC)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from service.api.access import CallerDep, SessionId
 from service.api.deps import EngineDep, ModelsDep, UnitDep
 from service.api.errors import responses
-from service.api.fast_json import FastJSON, token_probs, utc_time
+from service.api.fast_json import FastJSON, token_probs
 from service.api.schemas import (
     CreateSessionRequest,
     ForkRequest,
@@ -18,6 +18,7 @@ from service.api.schemas import (
     SessionPredictRequest,
     SessionPredictResponse,
     SessionState,
+    utc,
 )
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -67,7 +68,7 @@ async def session_predict(session_id: SessionId, body: SessionPredictRequest, en
         {
             "session_id": r.session_id,
             "position": r.position,
-            "expires_at": utc_time(r.expires_at),
+            "expires_at": utc(r.expires_at),
             "next": token_probs(result.next),
         }
     )

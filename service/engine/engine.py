@@ -38,7 +38,7 @@ from service.engine.keyed_locks import KeyedLocks
 from service.engine.ort import OnnxRuntime
 from service.engine.state_io import PortableState, export_state, import_state
 from service.engine.steps import SampleNext, StatelessRow, StepResult, TokenKind, check_position
-from service.engine.topk import TokenProb, top_k
+from service.engine.topk import TokenProb
 from service.errors import Draining, EngineError, InvalidInput, InvalidToken, NotReady
 from service.metrics import Metrics
 from service.session_ids import owner_of
@@ -371,10 +371,6 @@ class Engine:
         if not 0 < ttl_s <= self.config.max_session_ttl_s:
             raise InvalidInput(f"ttl_seconds must be in (0, {self.config.max_session_ttl_s:g}]")
         return ttl_s
-
-    def top(self, logits: np.ndarray, k: int) -> list[TokenProb]:
-        """The k most likely next tokens of logits (V,), most likely first."""
-        return top_k(logits, k, self.model.metadata.tokenizer)
 
     # ---- steps -------------------------------------------------------------------------------------------
     async def step(

@@ -89,14 +89,14 @@ class Inspector:
                 ids,
                 0,
                 await asyncio.to_thread(reference.run, ids[None], h[:, None], c[:, None]),
-                await engine.step(ids),
+                await engine.step(ids, top_k=top),
                 top,
             )
         async with engine.session(session_id) as lease:
             record, h, c = await lease.read()
             traced = await asyncio.to_thread(reference.run, ids[None], h[:, None], c[:, None])
             # Refused if the session moved between the read and the step: the gates must be of this state.
-            result = await lease.step(ids, expected_position=record.position)
+            result = await lease.step(ids, expected_position=record.position, top_k=top)
         return self._compare(ids, record.position, traced, result, top)
 
     def _compare(
@@ -120,7 +120,7 @@ class Inspector:
             ids=ids,
             start_position=start,
             layers=layers,
-            next=self._engine.top(result.logits, top),
+            next=result.top or [],  # computed with the batch (the step asked for top_k)
             position=result.position,
             record=result.record,
             deviation=deviation,

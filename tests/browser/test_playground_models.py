@@ -4,31 +4,16 @@ that model's predictions, the facts name it, and the gates view inspects it."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.browser.conftest import by_testid, console_errors, idle, js, wait_for
-from tests.e2e.process import ROOT, ServerProcess
+from tests.e2e.process import ServerProcess
 from tests.service.test_registry import export_version
 
 pytestmark = pytest.mark.e2e
-
-
-class RepositoryServer(ServerProcess):
-    """`python -m service` on a model repository (LSTM_SERVE_MODEL_REPOSITORY), without --model-path."""
-
-    def start(self) -> RepositoryServer:
-        import subprocess
-
-        cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--provider", "cpu", "--max-batch-delay-ms", "1"]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        return self
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +23,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     export_version(repo, "plays", 1, seed=1)  # the bundled model's alphabet: 2 layers of 16 units
     export_version(repo, "small", 1, seed=2, small=True)  # lower case only: 1 layer of 12 units
     env = {"LSTM_SERVE_MODEL_REPOSITORY": str(repo), "LSTM_SERVE_DEFAULT_MODEL": "plays"}
-    server = RepositoryServer(Path(), workdir, "models", env=env).start()
+    server = ServerProcess(None, workdir, "models", env=env).start()  # the model repository, no --model-path
     try:
         server.wait_ready()
         yield server

@@ -27,8 +27,14 @@ def free_port() -> int:
 
 class ServerProcess:
     def __init__(
-        self, model_path: Path, workdir: Path, name: str, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+        self,
+        model_path: Path | None,
+        workdir: Path,
+        name: str,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
+        """`model_path` None: no --model-path (the server takes its model from `env`, a model repository say)."""
         self.model_path = model_path
         self.name = name
         self.port = free_port()
@@ -41,13 +47,14 @@ class ServerProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> ServerProcess:
-        cmd = [
+    def command(self) -> list[str]:
+        """`python -m service` on this server's port, CPU provider, 1 ms batch delay, then its own args."""
+        model = [] if self.model_path is None else ["--model-path", str(self.model_path)]
+        return [
             sys.executable,
             "-m",
             "service",
-            "--model-path",
-            str(self.model_path),
+            *model,
             "--host",
             "127.0.0.1",
             "--port",
@@ -58,6 +65,9 @@ class ServerProcess:
             "1",
             *self.args,
         ]
+
+    def start(self) -> ServerProcess:
+        cmd = self.command()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         return self

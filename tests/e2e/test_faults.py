@@ -20,7 +20,6 @@ import json
 import resource
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -428,23 +427,9 @@ class FullDiskServer(ServerProcess):
     size limit) and a thread here copies it to the log file."""
 
     def start(self) -> FullDiskServer:
-        cmd = [
-            sys.executable,
-            "-m",
-            "service",
-            "--model-path",
-            str(self.model_path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--provider",
-            "cpu",
-            "--max-batch-delay-ms",
-            "1",
-            *self.args,
-        ]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.command(), cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE, (DISK_BYTES, DISK_BYTES))
         assert self.proc.stdout is not None
         threading.Thread(target=self._copy_log, args=(self.proc.stdout,), daemon=True).start()
