@@ -19,7 +19,6 @@ from service.api.schemas_generate import (
     GenerateResponse,
     SamplingFields,
     SessionGenerateRequest,
-    TokenEventBody,
 )
 from service.api.sse import SSE_RESPONSES, event_stream
 from service.engine.generation import Finished, GenerationParams, Generator, Plan, Token
@@ -31,7 +30,8 @@ class NativeEvents:
     """The native stream: `{"token", "id", "position"}` per token, then the final result."""
 
     def token(self, token: Token) -> Iterable[dict[str, Any]]:
-        return [TokenEventBody(token=token.token, id=token.id, position=token.position).model_dump()]
+        # TokenEventBody's fields, written directly: this runs once per streamed token.
+        return [{"token": token.token, "id": token.id, "position": token.position}]
 
     def finished(self, result: Finished) -> Iterable[dict[str, Any]]:
         return [GenerateResponse.of(result).model_dump()]
@@ -51,7 +51,7 @@ def sampling_params(generator: Generator, fields: SamplingFields) -> GenerationP
 
 async def _answer(generator: Generator, plan: Plan, stream: bool, settings: SettingsDep) -> Response | GenerateResponse:
     if stream:
-        return event_stream(generator.stream(plan), NativeEvents(), settings.shutdown_grace_s)
+        return event_stream(generator.stream_groups(plan), NativeEvents(), settings.shutdown_grace_s)
     return GenerateResponse.of(await generator.run(plan))
 
 

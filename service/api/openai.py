@@ -167,5 +167,5 @@ async def completions(
         model=unit.name, fingerprint=meta.fingerprint, stops=body.stops(), include_usage=include_usage
     )
     if body.stream:
-        return event_stream(generator.stream(plan), chunks, settings.shutdown_grace_s)
+        return event_stream(generator.stream_groups(plan), chunks, settings.shutdown_grace_s)
     return chunks.completion(await generator.run(plan))

@@ -40,22 +40,35 @@ def _event(payload: dict[str, Any]) -> ServerSentEvent:
     return ServerSentEvent(data=orjson.dumps(payload).decode())
 
 
-async def _events(events: AsyncGenerator[Event, None], renderer: Renderer) -> AsyncIterator[ServerSentEvent]:
+def _render(group: list[Event], renderer: Renderer) -> bytes:
+    """Every event of a group as one chunk: a client that lags behind the model gets the tokens that are ready
+    in one write instead of one write per token."""
+    return b"".join(
+        _event(payload).encode()
+        for event in group
+        for payload in (renderer.token(event) if isinstance(event, Token) else renderer.finished(event))
+    )
+
+
+async def _events(
+    groups: AsyncGenerator[list[Event], None], renderer: Renderer
+) -> AsyncIterator[bytes | ServerSentEvent]:
     try:
         # aclosing: when the response stops early, the generation is closed at once, in this task, so it can
-        # tell a token whose send was interrupted from one that went out.
-        async with aclosing(events) as stream:
-            async for event in stream:
-                payloads = renderer.token(event) if isinstance(event, Token) else renderer.finished(event)
-                for payload in payloads:
-                    yield _event(payload)
+        # tell the events whose send was interrupted from those that went out.
+        async with aclosing(groups) as stream:
+            async for group in stream:
+                chunk = _render(group, renderer)
+                if chunk:
+                    yield chunk
     except Exception as exc:  # the stream has started: the error can only be an event now
         yield _event(error_payload(exc))
     yield ServerSentEvent(data=DONE)
 
 
 def event_stream(
-    events: AsyncGenerator[Event, None], renderer: Renderer, shutdown_grace_s: float
+    groups: AsyncGenerator[list[Event], None], renderer: Renderer, shutdown_grace_s: float
 ) -> EventSourceResponse:
-    """The response that streams a generation; `shutdown_grace_s`: the server's grace period at shutdown."""
-    return EventSourceResponse(_events(events, renderer), shutdown_grace_period=0.9 * shutdown_grace_s)
+    """The response that streams a generation (`Generator.stream_groups`); `shutdown_grace_s`: the server's grace
+    period at shutdown."""
+    return EventSourceResponse(_events(groups, renderer), shutdown_grace_period=0.9 * shutdown_grace_s)

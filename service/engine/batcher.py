@@ -39,6 +39,7 @@ import numpy as np
 from service.engine.ort import OnnxRuntime
 from service.engine.sampling import SamplingBatch, sample
 from service.engine.steps import SampleNext, StepResult, TokenKind, check_position
+from service.engine.streams import StreamRow
 from service.engine.topk import TokenProb, top_k_rows
 from service.errors import Draining, EngineError, PositionConflict, VersionConflict
 from service.metrics import Metrics
@@ -73,6 +74,15 @@ class WorkItem:
     pieces: list[np.ndarray] = field(init=False, default_factory=list)  # all_logits: the chunks' logits so far
     retries: int = field(init=False, default=0)  # compare-and-set conflicts retried (no expected_position)
     origin: tuple[np.ndarray, np.ndarray] | None = field(init=False, default=None)  # the state read, to undo to
+    stream: StreamRow | None = field(init=False, default=None)  # a generation's step, queued by the batcher
+
+    def base(self) -> tuple[int, int]:
+        """The session's position and record version this step builds on (what its write compares and sets)."""
+        if self.stream is not None:
+            assert self.stream.version is not None
+            return self.stream.position, self.stream.version
+        assert self.read is not None
+        return self.read.position, self.read.version
 
 
 def staircase(
@@ -164,7 +174,12 @@ def _sample_next(items: Sequence[WorkItem | None], logits: Sequence[np.ndarray])
 
 
 def _fail(item: WorkItem, exc: BaseException) -> None:
-    if not item.future.done():  # a caller that was cancelled has nobody to tell
+    row = item.stream
+    if row is not None:
+        if not item.future.done():
+            row.fail(exc)
+        row.settle()
+    elif not item.future.done():  # a caller that was cancelled has nobody to tell
         item.future.set_exception(exc)
 
 
@@ -220,6 +235,50 @@ class Batcher:
         self._wakeup.set()
         return await item.future
 
+    def open_stream(self, row: StreamRow) -> None:
+        """Start a generation's persistent row: from now on the batcher queues its steps itself."""
+        if self._closing:
+            raise Draining()
+        self._queue_row(row)
+
+    async def stop_stream(self, row: StreamRow) -> None:
+        """Stop a row and wait until the batcher has let go of it: nothing of it is queued, running or being
+        written afterwards (a step caught mid-way writes nothing, or is undone), so its version is final."""
+        row.stopped = True
+        row.on_taken = None
+        item = row.item_in_flight
+        if item is not None and not item.future.done():
+            item.future.cancel()  # the batcher treats it as a caller that gave up
+        if self._task is None or self._task.done():
+            row.settle()  # no loop left to reach the queued step
+        await row.idle()
+
+    def _queue_row(self, row: StreamRow) -> None:
+        if not row.wants_step:
+            if not row.ended and not row.stopped:  # a full window: go on once the consumer has taken tokens
+                row.on_taken = lambda: self._queue_row(row)
+            row.settle()
+            return
+        if self._closing:
+            row.fail(Draining())
+            row.settle()
+            return
+        item = WorkItem(
+            ids=np.array([row.next_token], dtype=np.int64),
+            session_id=row.session_id,
+            kind="generated",
+            sample_next=row.sample_next(),
+        )
+        item.stream = row
+        item.carry = item.origin = (row.h, row.c)  # the row holds its state: nothing to load
+        loop = asyncio.get_running_loop()
+        item.future = loop.create_future()  # nobody awaits it: stop_stream cancels it to have nothing written
+        item.enqueued_at = loop.time()
+        row.item_in_flight = item
+        row.claim()
+        self._items.append(item)
+        self._wakeup.set()
+
     async def _collect(self) -> list[WorkItem] | None:
         """The next batch, or None once closing with nothing left."""
         loop = asyncio.get_running_loop()
@@ -242,6 +301,8 @@ class Batcher:
         while self._items and len(batch) < self.max_batch_size:
             item = self._items.popleft()
             if item.future.done():  # its caller gave up before it ran: skip it, nothing is applied
+                if item.stream is not None:
+                    item.stream.settle()
                 continue
             if item.session_id is not None:
                 if item.session_id in sessions:  # never two steps of one session in a batch
@@ -330,20 +391,22 @@ class Batcher:
     ) -> dict[int, SessionRecord | EngineError]:
         """Write the finished session rows back in one compare-and-set call on the versions their steps read."""
         items = [live[i][0] for i in rows]
-        reads = [item.read for item in items]
-        assert all(r is not None for r in reads)
+        bases = [item.base() for item in items]  # (position, version) each step builds on
         results = await self.store.save_many(
             [item.session_id for item in items if item.session_id is not None],
             ran.h[:, rows],
             ran.c[:, rows],
-            [r.position + len(item.ids) for r, item in zip(reads, items, strict=True) if r is not None],
-            [r.version for r in reads if r is not None],
+            [position + len(item.ids) for (position, _), item in zip(bases, items, strict=True)],
+            [version for _, version in bases],
         )
         written = dict(zip(rows, results, strict=True))
         await self._undo_abandoned(live, written)
         return written
 
     def _answer(self, item: WorkItem, ran: _Ran, i: int, outcome: SessionRecord | EngineError | None) -> None:
+        if item.stream is not None:
+            self._answer_row(item, item.stream, ran, i, outcome)
+            return
         if item.future.done():
             return
         logits = ran.logits[i]
@@ -361,6 +424,24 @@ class Batcher:
         else:
             assert outcome is not None
             item.future.set_result(StepResult(logits, outcome.position, outcome, h, c, token, top))
+
+    def _answer_row(
+        self, item: WorkItem, row: StreamRow, ran: _Ran, i: int, outcome: SessionRecord | EngineError | None
+    ) -> None:
+        """A generation's step: hand its token to the row and queue the row's next step at once."""
+        row.item_in_flight = None
+        if item.future.done():  # stopped while it ran: nothing was written, or it was undone
+            row.settle()
+            return
+        if isinstance(outcome, VersionConflict):  # written by someone else (another replica) meanwhile
+            row.fail(PositionConflict(outcome.session_id, row.position, outcome.actual_position))
+        elif isinstance(outcome, EngineError):
+            row.fail(outcome)
+        else:
+            h, c = ran.h[:, i].copy(), ran.c[:, i].copy()  # (L, H): the row's state, and its undo point
+            position = row.position + 1 if outcome is None else outcome.position
+            row.advance(ran.tokens[i], h, c, position, None if outcome is None else outcome.version)
+        self._queue_row(row)
 
     def _conflicted(self, item: WorkItem, conflict: VersionConflict) -> None:
         """Another writer (a replica sharing the store) changed the session while this step ran. A step that
@@ -385,20 +466,25 @@ class Batcher:
         written: dict[int, SessionRecord | EngineError],
     ) -> None:
         """Put back the states read for steps whose caller gave up while a (remote) store's write was in flight."""
-        undo: list[tuple[SessionRecord, SessionRecord, tuple[np.ndarray, np.ndarray]]] = []  # read, written, state
+        undo: list[tuple[WorkItem, SessionRecord]] = []  # the step and what it wrote
         for i, outcome in written.items():
             item = live[i][0]
             if item.future.done() and isinstance(outcome, SessionRecord):
-                assert item.read is not None and item.origin is not None
-                undo.append((item.read, outcome, item.origin))
-        if undo:
-            await self.store.save_many(
-                [read.session_id for read, _, _ in undo],
-                np.stack([state[0] for _, _, state in undo], axis=1),  # (L, n, H)
-                np.stack([state[1] for _, _, state in undo], axis=1),
-                [read.position for read, _, _ in undo],
-                [new.version for _, new, _ in undo],
-            )
+                undo.append((item, outcome))
+        if not undo:
+            return
+        origins = [item.origin for item, _ in undo]
+        assert all(origin is not None for origin in origins)
+        results = await self.store.save_many(
+            [new.session_id for _, new in undo],
+            np.stack([origin[0] for origin in origins if origin is not None], axis=1),  # (L, n, H)
+            np.stack([origin[1] for origin in origins if origin is not None], axis=1),
+            [item.base()[0] for item, _ in undo],
+            [new.version for _, new in undo],
+        )
+        for (item, _), result in zip(undo, results, strict=True):
+            if item.stream is not None and isinstance(result, SessionRecord):
+                item.stream.version = result.version  # the row's last write is now the undo
 
     async def _load(self, batch: list[WorkItem]) -> list[tuple[WorkItem, tuple[np.ndarray, np.ndarray] | None]]:
         """Read the sessions' states in one call; fail the items that cannot run. -> (item, its h, c or None)."""
@@ -426,6 +512,8 @@ class Batcher:
         live: list[tuple[WorkItem, tuple[np.ndarray, np.ndarray] | None]] = []
         for item in batch:
             if item.future.done():
+                if item.stream is not None:  # stopped while queued
+                    item.stream.settle()
                 continue
             if item.carry is not None:  # a continuing chunk: the state its previous chunk left
                 live.append((item, item.carry))

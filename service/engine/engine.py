@@ -38,6 +38,7 @@ from service.engine.keyed_locks import KeyedLocks
 from service.engine.ort import OnnxRuntime
 from service.engine.state_io import PortableState, export_state, import_state
 from service.engine.steps import SampleNext, StatelessRow, StepResult, TokenKind, check_position
+from service.engine.streams import StreamRow
 from service.engine.topk import TokenProb
 from service.errors import Draining, EngineError, InvalidInput, InvalidToken, NotReady
 from service.metrics import Metrics
@@ -306,6 +307,20 @@ class Engine:
         if self._batcher is None:
             raise NotReady()
         return await self._batcher.submit(item)
+
+    def open_stream(self, row: StreamRow) -> None:
+        """Hand a generation's row to the batcher, which then runs its steps one after another by itself (a
+        session's row must be opened and stopped under that session's lease)."""
+        if self._batcher is None:
+            raise NotReady()
+        self._batcher.open_stream(row)
+
+    async def stop_stream(self, row: StreamRow) -> None:
+        """Stop a row; on return nothing of it is queued, running or being written."""
+        if self._batcher is None:
+            row.settle()
+            return
+        await self._batcher.stop_stream(row)
 
     # ---- description -------------------------------------------------------------------------------------
     @property

@@ -1,9 +1,10 @@
 """Generation: many streams advance together, one token per stream per shared batch (continuous batching).
 
-A generation is a loop of engine steps. Each step feeds the stream's latest token and asks the batcher to draw
-the next one from the logits the step produces (`SampleNext`): the batcher samples every generating row of a batch
-in one vectorised call. No stream runs a private model loop; whatever else is queued -- other streams' steps,
-prompts, predictions -- shares the batch.
+A generation is a persistent row in the batcher (service/engine/streams.py). Each step feeds the stream's latest
+token and draws the next one from the logits the step produces (`SampleNext`): the batcher samples every generating
+row of a batch in one call, then queues each row's next step itself, without waiting for the consumer. No stream
+runs a private model loop; whatever else is queued -- other streams' steps, prompts, predictions -- shares the
+batch. The consumer takes the tokens that are ready, several at once when it lags (`stream_groups`).
 
 The first token: with a prompt, the step that feeds the prompt draws it. A session continuing without a prompt has
 only its stored state, so its first token is drawn from the output layer applied to the stored h
@@ -15,11 +16,11 @@ depend slightly on the batch: README, "Streaming generation".)
 
 Sessions, and what was sent. A generation holds its session's lock from its first step to its last, so a predict
 on the same session waits for it. Each token's step writes the session's state (compare-and-set) before the token
-is handed out, and the consumer asking for the next token confirms that it was sent. A consumer that stops
-- while a step is in flight (a client disconnect cancels the stream): the batcher writes nothing for a step whose
-  caller has gone, so the session ends at the last token handed out;
-- at a token it never confirmed (it closes the generator there because sending failed): that token is rolled back.
-Either way the session keeps exactly the tokens that were sent, and its position counts them.
+is handed out; the row may run ahead of its consumer by a few tokens (STREAM_WINDOW), each carrying the state after
+it. The consumer asking for the next event (or group) confirms that the previous ones were sent. A consumer that
+stops -- cancelled by a client disconnect, or closing the generator because a send failed -- stops the row (after
+which nothing of it is written), and the session is put back, compare-and-set on the row's last write, at the last
+token that was sent. So the session keeps exactly the tokens that were sent, and its position counts them.
 """
 
 from __future__ import annotations
@@ -27,16 +28,17 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.engine.sampling import InvalidSamplingParams, SamplingBatch, StopMatcher, sample, validate_params
-from service.engine.steps import SampleNext, StatelessRow, StepResult
+from service.engine.steps import SampleNext, StepResult
+from service.engine.streams import Emitted, FinishReason, StreamRow
 from service.errors import InvalidInput, TooManyStreams
 
 if TYPE_CHECKING:
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 100
-FinishReason = Literal["length", "stop"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,63 +214,167 @@ class Generator:
     async def run(self, plan: Plan) -> Finished:
         """The whole generation at once, or nothing: a generation that does not finish (a request timeout cancels
         it, a step fails) puts its session back where it was before it, so "nothing changed" is true."""
-        async with aclosing(self.stream(plan, all_or_nothing=True)) as events:
-            async for event in events:
-                if isinstance(event, Finished):
-                    return event
+        async with aclosing(self.stream_groups(plan, all_or_nothing=True)) as groups:
+            async for group in groups:
+                if isinstance(group[-1], Finished):
+                    return group[-1]
         raise AssertionError("a generation always ends with Finished")
 
-    async def stream(self, plan: Plan, *, all_or_nothing: bool = False) -> AsyncGenerator[Event, None]:
+    async def stream(self, plan: Plan) -> AsyncGenerator[Event, None]:
         """Token events as they are produced, then Finished. Close it (aclose) when stopping early: the session
-        keeps exactly the tokens consumed. `all_or_nothing`: unless Finished is reached, the session is put back
-        where it was before the generation (prompt included)."""
-        metrics = self._engine.metrics
-        chars = self._engine.model.metadata.tokenizer.chars
-        slot = plan.slot if plan.slot is not None else StreamSlot(self._streams, plan.owner, metrics)
+        keeps exactly the tokens consumed (a token counts as consumed once the next event is asked for)."""
+        run = _Run(self, plan, all_or_nothing=False)
         try:
-            async with self._hold(plan) as lease, self._undo_unless_finished(lease, all_or_nothing) as written:
-                cursor = await self._start(plan, lease)
-                written.version = cursor.version
-                matcher = StopMatcher(plan.params.stop)
-                ids: list[int] = []
-                finish: FinishReason = "length"
-                last = plan.started
-                for k in range(plan.params.max_tokens):
-                    token, before = cursor.next_token, cursor
-                    cursor = await self._advance(plan, lease, cursor, k + 1)  # feeds `token`: it is now in the session
-                    written.version = cursor.version
-                    now = time.perf_counter()
-                    (metrics.time_to_first_token if k == 0 else metrics.inter_token_latency).observe(now - last)
-                    last = now
-                    ids.append(token)
-                    try:
-                        yield Token(token=chars[token], id=token, position=cursor.position)
-                    except GeneratorExit:  # the consumer stopped before confirming this token was sent
-                        await self._roll_back(lease, before, cursor)
-                        raise
-                    if matcher.feed(chars[token]) is not None:
-                        finish = "stop"
-                        break
-                prompt_tokens = 0 if plan.prompt is None else len(plan.prompt)
-                written.finished = True  # before the yield: a consumer that closes after Finished keeps it all
-                yield Finished(
-                    text="".join(chars[i] for i in ids),
-                    tokens=tuple(ids),
-                    finish_reason=finish,
-                    position=cursor.position,
-                    prompt_tokens=prompt_tokens,
-                    stop=matcher.matched,
-                )
+            await run.start()
+            while group := await run.next():
+                for event in group:
+                    yield event
+                    run.confirm(1)
         finally:
-            slot.release()
+            await run.close()
 
-    # ---- steps -------------------------------------------------------------------------------------------
+    async def stream_groups(self, plan: Plan, *, all_or_nothing: bool = False) -> AsyncGenerator[list[Event], None]:
+        """Like `stream`, but each item is every event ready at that moment (one, or several when the consumer
+        lags behind the model): a whole group counts as consumed once the next one is asked for.
+        `all_or_nothing`: unless Finished is reached, the session is put back where it was before the
+        generation (prompt included)."""
+        run = _Run(self, plan, all_or_nothing=all_or_nothing)
+        try:
+            await run.start()
+            while group := await run.next():
+                yield group
+                run.confirm(len(group))
+        finally:
+            await run.close()
+
+
+@dataclass(slots=True)
+class _Written:
+    version: int | None = None  # the session's version after the generation's last write
+    finished: bool = False
+
+
+def _cursor(result: StepResult) -> _Cursor:
+    assert result.token is not None  # every generation step asks the batcher for the next token
+    version = None if result.record is None else result.record.version
+    return _Cursor(result.token, result.h, result.c, result.position, version)
+
+
+class _Run:
+    """One generation in progress: its session's lease, its row in the batcher, and how much of it the consumer
+    has sent. `start`, then `next` until it returns [], confirming what was sent; `close` always."""
+
+    def __init__(self, generator: Generator, plan: Plan, *, all_or_nothing: bool) -> None:
+        self._engine = generator._engine
+        self._plan = plan
+        self._all_or_nothing = all_or_nothing
+        self._slot = plan.slot if plan.slot is not None else StreamSlot(generator._streams, plan.owner, self._metrics)
+        self._stack = AsyncExitStack()
+        self._lease: SessionLease | None = None
+        self._written = _Written()
+        self._row: StreamRow | None = None
+        self._sent: _Cursor | Emitted | None = None  # the state after the last token the consumer sent
+        self._given: deque[Emitted] = deque()  # handed out, not yet confirmed sent
+        self._ids: list[int] = []
+        self._last = plan.started  # when the previous token was ready
+        self._done = False
+
+    @property
+    def _metrics(self) -> Metrics:
+        return self._engine.metrics
+
+    async def start(self) -> None:
+        plan = self._plan
+        if plan.session_id is not None:
+            self._lease = await self._stack.enter_async_context(self._engine.session(plan.session_id))
+        self._written = await self._stack.enter_async_context(self._undo_unless_finished())
+        cursor = await self._first()
+        self._written.version = cursor.version
+        self._sent = cursor
+        params = plan.params
+        self._row = StreamRow(
+            session_id=plan.session_id,
+            next_token=cursor.next_token,
+            h=cursor.h,
+            c=cursor.c,
+            position=cursor.position,
+            version=cursor.version,
+            draw=_draw(params, 1),
+            max_tokens=params.max_tokens,
+            stop=StopMatcher(params.stop),
+            chars=self._engine.model.metadata.tokenizer.chars,
+        )
+        self._engine.open_stream(self._row)
+
+    async def next(self) -> list[Event]:
+        """The events ready now (waiting for the next one if none is): tokens, then Finished; [] after it."""
+        row = self._row
+        if self._done or row is None:
+            return []
+        emitted = await row.take()
+        chars = row.chars
+        events: list[Event] = []
+        for e in emitted:
+            (self._metrics.time_to_first_token if not self._ids else self._metrics.inter_token_latency).observe(
+                e.at - self._last
+            )
+            self._last = e.at
+            self._ids.append(e.token)
+            self._given.append(e)
+            events.append(Token(token=chars[e.token], id=e.token, position=e.position))
+        if row.finish is not None and not row.ready:
+            self._done = True
+            self._written.finished = True  # before it is handed out: a consumer that closes after Finished keeps it
+            prompt = self._plan.prompt
+            events.append(
+                Finished(
+                    text="".join(chars[i] for i in self._ids),
+                    tokens=tuple(self._ids),
+                    finish_reason=row.finish,
+                    position=row.position,
+                    prompt_tokens=0 if prompt is None else len(prompt),
+                    stop=row.matched,
+                )
+            )
+        return events
+
+    def confirm(self, count: int) -> None:
+        """The consumer sent `count` more of the events handed out (tokens first, in order)."""
+        for _ in range(min(count, len(self._given))):
+            self._sent = self._given.popleft()
+
+    async def close(self) -> None:
+        """Stop the row, put the session back at the last token sent (or, all or nothing, before the
+        generation), release the lease and the stream's slot."""
+        try:
+            row = self._row
+            if row is not None:
+                await self._engine.stop_stream(row)
+                self._written.version = row.version
+                sent = self._sent
+                if (
+                    not self._written.finished
+                    and not self._all_or_nothing
+                    and self._lease is not None
+                    and sent is not None
+                    and row.version is not None
+                    and sent.version != row.version
+                ):
+                    # Tokens written ahead of the consumer were never sent: the session keeps exactly what was.
+                    await self._lease.restore(sent.h, sent.c, sent.position, row.version)
+        finally:
+            try:
+                await self._stack.aclose()
+            finally:
+                self._slot.release()
+
     @asynccontextmanager
-    async def _undo_unless_finished(self, lease: SessionLease | None, enabled: bool) -> AsyncIterator[_Written]:
-        """With `enabled`, remember the session as it was; if the generation ends before Finished (cancelled,
+    async def _undo_unless_finished(self) -> AsyncIterator[_Written]:
+        """All or nothing: remember the session as it was; if the generation ends before Finished (cancelled,
         failed), write it back, compare-and-set on the generation's own last write."""
         written = _Written()
-        if not enabled or lease is None:
+        lease = self._lease
+        if not self._all_or_nothing or lease is None:
             yield written
             return
         record, h, c = await lease.read()
@@ -279,25 +384,10 @@ class Generator:
             if not written.finished and written.version is not None:
                 await lease.restore(h, c, record.position, written.version)
 
-    @asynccontextmanager
-    async def _hold(self, plan: Plan) -> AsyncIterator[SessionLease | None]:
-        """The session's lease for the whole generation (no other request to it in between); None if stateless."""
-        if plan.session_id is None:
-            yield None
-            return
-        async with self._engine.session(plan.session_id) as lease:
-            yield lease
-
-    @staticmethod
-    def _draw(params: GenerationParams, index: int) -> SampleNext:
-        return SampleNext(
-            temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, seed=params.seed, index=index
-        )
-
-    async def _start(self, plan: Plan, lease: SessionLease | None) -> _Cursor:
+    async def _first(self) -> _Cursor:
         """Feed the prompt (drawing the first token in the same step), or draw it from the stored state."""
-        engine = self._engine
-        first = self._draw(plan.params, 0)
+        engine, plan, lease = self._engine, self._plan, self._lease
+        first = _draw(plan.params, 0)
         if plan.prompt is not None:
             if lease is None:
                 return _cursor(await engine.step(plan.prompt, sample_next=first))
@@ -315,31 +405,8 @@ class Generator:
         draw = SamplingBatch.from_rows([first.temperature], [first.top_k], [first.top_p], [first.seed], [first.index])
         return _Cursor(int(sample(logits, draw)[0]), h, c, position, version)
 
-    async def _advance(self, plan: Plan, lease: SessionLease | None, cursor: _Cursor, index: int) -> _Cursor:
-        """Feed the cursor's token (committing it to the session) and draw the one after it."""
-        ids = np.array([cursor.next_token], dtype=np.int64)  # (1,)
-        draw = self._draw(plan.params, index)
-        if lease is None:
-            row = StatelessRow(h=cursor.h, c=cursor.c, position=cursor.position)
-            return _cursor(await self._engine.step(ids, continue_from=row, kind="generated", sample_next=draw))
-        step = await lease.step(ids, expected_position=cursor.position, kind="generated", sample_next=draw)
-        return _cursor(step)
 
-    @staticmethod
-    async def _roll_back(lease: SessionLease | None, before: _Cursor, after: _Cursor) -> None:
-        """Put the session back where it was before a token that was never sent (compare-and-set on our write)."""
-        if lease is None or after.version is None:
-            return
-        await lease.restore(before.h, before.c, before.position, after.version)
-
-
-@dataclass(slots=True)
-class _Written:
-    version: int | None = None  # the session's version after the generation's last write
-    finished: bool = False
-
-
-def _cursor(result: StepResult) -> _Cursor:
-    assert result.token is not None  # every generation step asks the batcher for the next token
-    version = None if result.record is None else result.record.version
-    return _Cursor(result.token, result.h, result.c, result.position, version)
+def _draw(params: GenerationParams, index: int) -> SampleNext:
+    return SampleNext(
+        temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, seed=params.seed, index=index
+    )

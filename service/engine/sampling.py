@@ -127,10 +127,30 @@ def counter_uniform(seed: np.ndarray, step: np.ndarray) -> np.ndarray:
     """
     seed = np.asarray(seed, dtype=np.uint64)
     step = np.asarray(step, dtype=np.int64).astype(np.uint64)
+    if seed.shape[0] <= _FEW_ROWS:  # a dozen NumPy calls cost more than Python integers for a few rows
+        draws = [_uniform_one(int(s), int(t)) for s, t in zip(seed.tolist(), step.tolist(), strict=True)]
+        return np.array(draws, dtype=np.float64)
     with np.errstate(over="ignore"):  # uint64 arithmetic is meant to wrap modulo 2**64
         key = _splitmix64_finalize(seed + _GAMMA)
         z = _splitmix64_finalize(key + (step + np.uint64(1)) * _GAMMA)
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+_FEW_ROWS = 8
+_MASK = (1 << 64) - 1
+
+
+def _finalize_one(z: int) -> int:
+    """`_splitmix64_finalize` on one Python integer, modulo 2**64: bit for bit the same."""
+    z = ((z ^ (z >> 30)) * int(_MIX1)) & _MASK
+    z = ((z ^ (z >> 27)) * int(_MIX2)) & _MASK
+    return z ^ (z >> 31)
+
+
+def _uniform_one(seed: int, step: int) -> float:
+    key = _finalize_one((seed + int(_GAMMA)) & _MASK)
+    z = _finalize_one((key + ((step + 1) * int(_GAMMA))) & _MASK)
+    return (z >> 11) * (1.0 / (1 << 53))
 
 
 def sample(logits: np.ndarray, params: SamplingBatch) -> np.ndarray:
@@ -145,6 +165,16 @@ def sample(logits: np.ndarray, params: SamplingBatch) -> np.ndarray:
     batch, vocab = x.shape
     if len(params) != batch:
         raise ValueError(f"{len(params)} rows of sampling parameters for {batch} rows of logits")
+    if batch <= _FEW_ROWS:  # one stream, or a few: per-row 1-D work is cheaper than the batch's 2-D calls
+        rows = zip(
+            params.temperature.tolist(),
+            params.top_k.tolist(),
+            params.top_p.tolist(),
+            params.seed.tolist(),
+            params.step.tolist(),
+            strict=True,
+        )
+        return np.array([_sample_row(x[i], *row) for i, row in enumerate(rows)], dtype=np.int64)
     greedy_ids: np.ndarray = np.argmax(x, axis=1).astype(np.int64)  # (batch,)
     sampling_rows = params.temperature > 0  # (batch,)
     if not sampling_rows.any():  # an all-greedy batch needs no sort
@@ -154,23 +184,14 @@ def sample(logits: np.ndarray, params: SamplingBatch) -> np.ndarray:
     # ties to the lower id, matching argmax. A full sort of 76 columns is cheaper than argpartition plus sorting.
     order = np.argsort(-x, axis=1, kind="stable")  # (batch, vocab) ids, most likely first
     sorted_x = np.take_along_axis(x, order, axis=1)  # (batch, vocab) descending
-    temperature = np.where(params.temperature > 0, params.temperature, 1.0)  # (batch,); greedy rows unused
+    temperature = np.where(sampling_rows, params.temperature, 1.0)  # (batch,); greedy rows unused
     # Shift by the row max before dividing: the values are <= 0, so a tiny temperature gives -inf (prob 0),
     # never inf - inf = NaN.
     with np.errstate(over="ignore", divide="ignore"):
         scaled = (sorted_x - sorted_x[:, :1]) / temperature[:, None]  # (batch, vocab), column 0 is 0
-
-    rank = np.arange(vocab)[None, :]  # (1, vocab)
-    k = np.where(params.top_k > 0, params.top_k, vocab)  # (batch,)
-    keep = rank < k[:, None]  # (batch, vocab)
-
-    weights = np.exp(scaled) * keep  # (batch, vocab) unnormalised probabilities after top-k
-    probs = weights / weights.sum(axis=1, keepdims=True)  # column 0 has weight 1, so the sum is >= 1
-    mass_before = np.cumsum(probs, axis=1) - probs  # (batch, vocab) probability of strictly better tokens
-    # A token is in the nucleus while the tokens ranked above it have not yet reached top_p; rank 0 always is
-    # (mass 0 < top_p). top_p = 1 keeps everything exactly, whatever rounding the cumsum did.
-    in_nucleus = (mass_before < params.top_p[:, None]) | (params.top_p[:, None] >= 1.0)
-    weights = weights * in_nucleus
+    weights = np.exp(scaled)  # (batch, vocab) unnormalised probabilities
+    if (params.top_k > 0).any() or (params.top_p < 1.0).any():  # the cuts; skipped when no row asks (exact:
+        weights = _cut(weights, params.top_k, params.top_p, vocab)  # every mask would be all ones)
 
     cdf = np.cumsum(weights, axis=1)  # (batch, vocab), flat across cut tokens
     target = counter_uniform(params.seed, params.step) * cdf[:, -1]  # (batch,) in [0, total)
@@ -180,6 +201,37 @@ def sample(logits: np.ndarray, params: SamplingBatch) -> np.ndarray:
 
     ids: np.ndarray = np.where(sampling_rows, sampled_ids, greedy_ids).astype(np.int64)
     return ids
+
+
+def _sample_row(x: np.ndarray, temperature: float, top_k: int, top_p: float, seed: int, step: int) -> int:
+    """`sample` for one row of logits (vocab,): the same operations in the same order, so the same token."""
+    if temperature <= 0:
+        return int(np.argmax(x))
+    order = np.argsort(-x, kind="stable")  # (vocab,) ids, most likely first
+    sorted_x = x[order]
+    with np.errstate(over="ignore", divide="ignore"):
+        scaled = (sorted_x - sorted_x[0]) / temperature  # (vocab,), element 0 is 0
+    weights = np.exp(scaled)
+    if top_k > 0 or top_p < 1.0:
+        weights = _cut(weights[None], np.array([top_k]), np.array([top_p]), len(x))[0]
+    cdf = np.cumsum(weights)  # (vocab,)
+    target = _uniform_one(seed, step) * float(cdf[-1])
+    picked = min(int(np.count_nonzero(cdf <= target)), len(x) - 1)
+    return int(order[picked])
+
+
+def _cut(weights: np.ndarray, top_k: np.ndarray, top_p: np.ndarray, vocab: int) -> np.ndarray:
+    """Zero the weights (batch, vocab), most likely first, outside each row's top-k and then its nucleus."""
+    rank = np.arange(vocab)[None, :]  # (1, vocab)
+    k = np.where(top_k > 0, top_k, vocab)  # (batch,)
+    weights = weights * (rank < k[:, None])  # (batch, vocab) after top-k
+    probs = weights / weights.sum(axis=1, keepdims=True)  # column 0 has weight 1, so the sum is >= 1
+    mass_before = np.cumsum(probs, axis=1) - probs  # (batch, vocab) probability of strictly better tokens
+    # A token is in the nucleus while the tokens ranked above it have not yet reached top_p; rank 0 always is
+    # (mass 0 < top_p). top_p = 1 keeps everything exactly, whatever rounding the cumsum did.
+    in_nucleus = (mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0)
+    cut: np.ndarray = weights * in_nucleus
+    return cut
 
 
 class StopMatcher:

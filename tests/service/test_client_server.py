@@ -62,17 +62,18 @@ async def test_stream_error_midway_raises_after_the_tokens(
     from service.errors import Draining
 
     session = await lstm.create_session(text="To be")
-    real = client.engine._submit  # fault injection at the engine's one door to its batcher
-    steps = 0
+    store = client.serving.store
+    real = store.save_many  # fault injection at the store: a generation's steps run inside the batcher
+    writes = 0
 
-    async def submit(step: Any) -> Any:
-        nonlocal steps
-        steps += 1
-        if steps == 3:
+    async def save_many(*args: Any) -> Any:
+        nonlocal writes
+        writes += 1  # one write per generated token (no prompt: the first token comes from the stored state)
+        if writes == 3:
             raise Draining()
-        return await real(step)
+        return await real(*args)
 
-    monkeypatch.setattr(client.engine, "_submit", submit)
+    monkeypatch.setattr(store, "save_many", save_many)
     got: list[TokenEvent] = []
     with pytest.raises(LstmServeError) as info:
         async for event in session.stream(max_tokens=10):

@@ -13,9 +13,8 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.client import SSEDecoder
-from service.engine.batcher import WorkItem
-from service.engine.steps import StepResult
-from service.errors import StateStoreUnavailable
+from service.errors import EngineError, StateStoreUnavailable
+from service.state.store import SessionRecord
 from tests.service.conftest import AppClient, SettingsFactory
 
 PROMPT = "ROMEO:\n"
@@ -112,19 +111,18 @@ async def test_errors_before_a_stream_get_their_status(
 
 async def test_an_error_midway_is_an_event_then_done(client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
     sid = await new_session(client)
-    engine = client.engine
-    real_submit = engine._submit  # fault injection at the engine's one door to its batcher
-    generated = 0
+    store = client.serving.store
+    real_save = store.save_many  # fault injection at the store: a generation's steps run inside the batcher
+    writes = 0
 
-    async def failing_submit(step: WorkItem) -> StepResult:
-        nonlocal generated
-        if step.kind == "generated":
-            generated += 1
-            if generated == 3:
-                raise StateStoreUnavailable("the state store cannot be reached")
-        return await real_submit(step)
+    async def failing_save(*args: Any) -> list[SessionRecord | EngineError]:
+        nonlocal writes
+        writes += 1  # one write per generated token (no prompt: the first token comes from the stored state)
+        if writes == 3:
+            raise StateStoreUnavailable("the state store cannot be reached")
+        return await real_save(*args)
 
-    monkeypatch.setattr(engine, "_submit", failing_submit)
+    monkeypatch.setattr(store, "save_many", failing_save)
     r = await client.post(f"/v1/sessions/{sid}/generate", json={"max_tokens": 10, "stream": True})
     got = events(r.text)
     assert [type(e) for e in got] == [dict, dict, dict, str]

@@ -55,9 +55,10 @@ def reference_uniform(seed: int, step: int) -> float:
     return (_mix((key + (step + 1) * gamma) & MASK64) >> 11) / 2.0**53
 
 
-def test_counter_uniform_matches_reference_splitmix64() -> None:
-    seeds = [0, 1, 2, 12345, 2**63, MASK64]
-    steps = [0, 1, 7, 10**6, 2**40, 3]
+@pytest.mark.parametrize("copies", [1, 3])  # 6 rows take the few-rows path, 18 the NumPy one
+def test_counter_uniform_matches_reference_splitmix64(copies: int) -> None:
+    seeds = [0, 1, 2, 12345, 2**63, MASK64] * copies
+    steps = [0, 1, 7, 10**6, 2**40, 3] * copies
     got = counter_uniform(np.array(seeds, dtype=np.uint64), np.array(steps, dtype=np.int64))
     assert got.dtype == np.float64
     assert got.tolist() == [reference_uniform(s, t) for s, t in zip(seeds, steps, strict=True)]
@@ -244,6 +245,19 @@ def test_samples_stay_inside_the_top_k_and_nucleus_sets(case: tuple[np.ndarray, 
     for i, token in enumerate(ids.tolist()):
         t, k, p = float(params.temperature[i]), int(params.top_k[i]), float(params.top_p[i])
         assert token in allowed_ids(logits[i], t, k, p)
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches())
+def test_a_few_rows_sample_as_in_a_full_batch(case: tuple[np.ndarray, SamplingBatch]) -> None:
+    """A batch of up to 8 rows takes a per-row path (cheaper for one stream); it must draw exactly the tokens
+    the vectorised path draws for the same rows inside a batch of 9+ (rows copied to fill it)."""
+    logits, params = case
+    n = len(params)
+    reps = -(-9 // n)  # enough copies of the rows for a batch of at least 9
+    big = SamplingBatch(*(np.tile(getattr(params, f), reps) for f in ("temperature", "top_k", "top_p", "seed", "step")))
+    assert len(big) > 8
+    assert sample(logits, params).tolist() == sample(np.tile(logits, (reps, 1)), big)[:n].tolist()
 
 
 # --- validation -----------------------------------------------------------------------------------------------
