@@ -47,7 +47,8 @@ class CharTokenizer:
         """Text -> int64 ids, shape (len(text),). Raises UnknownCharacterError naming the first bad character."""
         index = self._index
         try:
-            return np.fromiter((index[c] for c in text), dtype=np.int64, count=len(text))
+            # map over the dict's own lookup, not a generator: no Python frame per character
+            return np.fromiter(map(index.__getitem__, text), dtype=np.int64, count=len(text))
         except KeyError:
             for pos, c in enumerate(text):
                 if c not in index:

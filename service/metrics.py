@@ -22,6 +22,8 @@ REJECTION_REASONS = (
     "request_timeout",
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# One request's children: its count, its latency, its count under the model version it worked on (if any).
+_Series = tuple[Counter, Histogram, Counter | None]
 
 
 class Metrics:
@@ -154,12 +156,36 @@ class Metrics:
             mv,
             registry=r,
         )
+        self._request_series: dict[tuple[str, str, int, tuple[str, str] | None], _Series] = {}
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)
         for kind in ("prompt", "generated"):
             self.tokens.labels(kind)
         for reason in ("ttl", "capacity", "deleted"):
             self.sessions_evicted.labels(reason)
+
+    def observe_request(
+        self, route: str, method: str, status: int, elapsed: float, model: tuple[str, str] | None
+    ) -> None:
+        """One HTTP request's metrics: its count and latency, and its count under the model version it worked on."""
+        key = (route, method, status, model)
+        series = self._request_series.get(key)
+        if series is None:
+            series = self._request_series[key] = self._new_request_series(route, method, str(status), model)
+        count, latency, per_model = series
+        count.inc()
+        latency.observe(elapsed)
+        if per_model is not None:
+            per_model.inc()
+
+    def _new_request_series(self, route: str, method: str, status: str, model: tuple[str, str] | None) -> _Series:
+        # Looking a labelled child up takes a lock and a tuple per call; the labels are bounded (route templates,
+        # methods, statuses, loaded versions), so each combination's children are kept. The bound below only
+        # guards against a surprise: emptying the cache loses nothing, the children stay registered.
+        if len(self._request_series) >= 4096:
+            self._request_series.clear()
+        per_model = None if model is None else self.model_requests.labels(*model, route, status)
+        return self.requests.labels(route, method, status), self.request_latency.labels(route), per_model
 
     def render(self) -> bytes:
         """The text exposition format of this app's registry."""

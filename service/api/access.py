@@ -30,6 +30,7 @@ from service.session_ids import session_owner
 
 log = logging.getLogger(__name__)
 
+CLIENT_TAGS_KEPT = 4096
 CLOSE_POLICY = 1008  # WebSocket close code for a refused handshake when the server cannot send a 401
 
 
@@ -50,6 +51,8 @@ class AccessControl:
         self.metrics = metrics
         self.trusted_proxies = tuple(trusted_proxies)  # parsed once, at start
         self._refusals_logged = EveryInterval(10.0)
+        # Parsing the address and hashing it cost more than the rest of the check; a client keeps its address.
+        self._client_tags: dict[tuple[str | None, tuple[str, ...]], str] = {}
 
     def check(self, scope: Scope) -> ErrorJSONResponse | None:
         """None, with the caller's principal put into the scope's state, or the refusal to send."""
@@ -85,8 +88,16 @@ class AccessControl:
 
     def _client_tag(self, scope: Scope) -> str:
         peer = scope["client"][0] if scope.get("client") else None
-        forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
-        return client_tag(client_address(peer, forwarded, self.trusted_proxies))
+        forwarded: tuple[str, ...] = ()
+        if self.trusted_proxies:  # X-Forwarded-For counts only behind a trusted proxy
+            forwarded = tuple(v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for")
+        key = (peer, forwarded)
+        tag = self._client_tags.get(key)
+        if tag is None:
+            if len(self._client_tags) >= CLIENT_TAGS_KEPT:  # keyed by what clients send: bounded
+                self._client_tags.clear()
+            tag = self._client_tags[key] = client_tag(client_address(peer, forwarded, self.trusted_proxies))
+        return tag
 
     @staticmethod
     def _error(scope: Scope, status: int, code: str, message: str, headers: dict[str, str]) -> ErrorJSONResponse:

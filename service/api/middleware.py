@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.access import AccessControl, guarded
 from service.api.errors import engine_error_response
+from service.api.fast_predict import FastPredict
 from service.errors import RequestTimeout
 from service.metrics import Metrics
 
@@ -41,6 +42,7 @@ class ServiceMiddleware:
         self.metrics = metrics
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.fast = FastPredict(max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -77,9 +79,9 @@ class ServiceMiddleware:
                 status = refusal.status_code
                 await refusal(scope, receive, send)
             elif deadline is None:
-                await self.app(scope, self._limited(scope, receive), send_status)
+                await self._route(scope, receive, send_status)
             else:
-                await self._within(deadline, scope, self._limited(scope, receive), send_status, lambda: started)
+                await self._within(deadline, scope, receive, send_status, lambda: started)
         finally:
             self._log(scope, status, time.perf_counter() - start)
 
@@ -91,12 +93,24 @@ class ServiceMiddleware:
         so a timed-out request changes nothing. Streams are bounded by max_generate_tokens instead."""
         try:
             async with deadline:
-                await self.app(scope, receive, send)
+                await self._route(scope, receive, send)
         except TimeoutError:
             if not deadline.expired() or started():
                 raise  # a TimeoutError of the app's own, or one after the answer began: not ours to answer
             self.metrics.rejections.labels("request_timeout").inc()
             await engine_error_response(RequestTimeout(self.timeout_s))(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app, or for a plain session predict its fast path (fast_predict.py), which hands anything else on."""
+        session_id = self.fast.session_of(scope)
+        if session_id is None:
+            await self.app(scope, self._limited(scope, receive), send)
+            return
+
+        async def fallback(again: Receive) -> None:
+            await self.app(scope, self._limited(scope, again), send)
+
+        await self.fast(scope, receive, send, session_id, fallback)
 
     def _limited(self, scope: Scope, receive: Receive) -> Receive:
         """`receive` that refuses bodies over max_bytes with 413, counting what arrives whatever Content-Length
@@ -126,21 +140,24 @@ class ServiceMiddleware:
         """One JSON log line and the request metrics, labelled by route template, never by session id."""
         route = route_template(scope)
         method = scope["method"] if scope["method"] in METHODS else "OTHER"
-        self.metrics.requests.labels(route, method, str(status)).inc()
-        self.metrics.request_latency.labels(route).observe(elapsed)
         state: dict[str, Any] = scope.get("state") or {}
-        if "model" in state:  # the version the request worked on (service/api/deps.py records it)
-            self.metrics.model_requests.labels(state["model"], state["model_version"], route, str(status)).inc()
+        # The version the request worked on (service/api/deps.py records it), if any.
+        model = (state["model"], state["model_version"]) if "model" in state else None
+        self.metrics.observe_request(route, method, status, elapsed, model)
         session_id = (scope.get("path_params") or {}).get("id") or state.get("session_id")
         if isinstance(session_id, str):
             session_id = session_id[:64]  # a path can carry anything; real ids are 22 characters
-        log.info(
-            "request",
-            extra={
+        if log.isEnabledFor(logging.INFO):
+            extra = {
                 "method": method,
                 "route": route,
                 "status": status,
                 "latency_ms": round(elapsed * 1000, 3),
                 "session_id": session_id,
-            },
-        )
+            }
+            log.handle(log.makeRecord(log.name, logging.INFO, __file__, _LOG_LINE, "request", (), None, "_log", extra))
+
+
+# The request line's record is made directly: Logger.info would walk the stack to find its caller (findCaller) for
+# the record's file and line, about half of what the line costs; the caller is known, ServiceMiddleware._log.
+_LOG_LINE = ServiceMiddleware._log.__code__.co_firstlineno

@@ -6,6 +6,7 @@ bounds so that no input, however large, gets far.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Self
 
@@ -191,6 +192,50 @@ class SessionPredictRequest(RequiredInput):
         description="Optimistic concurrency: apply only if the session is at this position, else 409 and nothing "
         "changes.",
     )
+
+
+SESSION_FIELDS = frozenset(SessionPredictRequest.model_fields)
+
+
+@dataclass(frozen=True, slots=True)
+class PlainPredict:
+    """A session predict body that plainly passes SessionPredictRequest's validation, as it would come out."""
+
+    text: str | None
+    tokens: list[int] | None
+    top_k: int
+    expected_position: int | None
+
+
+def _int_in(value: object, low: int, high: int | None = None) -> bool:
+    # Exactly int: pydantic's lax mode would turn 5.0, "5" or True into 5; those take FastAPI's path instead.
+    return type(value) is int and low <= value and (high is None or value <= high)
+
+
+def _plain_text(text: object) -> bool:
+    return type(text) is str and 1 <= len(text) <= HARD_MAX_INPUT
+
+
+def _plain_tokens(tokens: object) -> bool:
+    # StrictInt: exactly int (a bool is refused by pydantic too, and takes FastAPI's path).
+    return type(tokens) is list and 1 <= len(tokens) <= HARD_MAX_INPUT and all(type(t) is int for t in tokens)
+
+
+def plain_session_predict(data: object) -> PlainPredict | None:
+    """The parsed JSON body as SessionPredictRequest would validate it, when it plainly passes: a JSON object of
+    its fields only, each of its exact type and within its bounds, one of `text` or `tokens`. None for anything
+    else, valid or not: that body goes through FastAPI, whose validation (errors included) stays the reference.
+    Keep in step with SessionPredictRequest (tests/service/api/test_fast_predict.py checks the two agree)."""
+    if type(data) is not dict or not data.keys() <= SESSION_FIELDS:
+        return None
+    text, tokens = data.get("text"), data.get("tokens")
+    top_k, expected = data.get("top_k", 5), data.get("expected_position")
+    if not _int_in(top_k, 1, MAX_TOP_K) or not (expected is None or _int_in(expected, 0)):
+        return None
+    plain_input = _plain_tokens(tokens) if text is None else tokens is None and _plain_text(text)
+    if not plain_input:
+        return None
+    return PlainPredict(text, tokens, top_k, expected)
 
 
 SESSION_ID = "The session's id."

@@ -13,6 +13,7 @@ from service.api.schemas import (
     CreateSessionRequest,
     ForkRequest,
     ForkResponse,
+    PlainPredict,
     SessionCreated,
     SessionInfo,
     SessionPredictRequest,
@@ -20,6 +21,7 @@ from service.api.schemas import (
     SessionState,
     utc,
 )
+from service.engine.engine import Engine
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -60,6 +62,11 @@ async def create_session(
 async def session_predict(session_id: SessionId, body: SessionPredictRequest, engine: EngineDep) -> Response:
     """Feed the next piece of text to the session and return the most likely next tokens. The session's state
     advances only if the request succeeds; with `expected_position` it applies only at that position (409 if not)."""
+    return await predict_answer(engine, session_id, body)
+
+
+async def predict_answer(engine: Engine, session_id: str, body: SessionPredictRequest | PlainPredict) -> FastJSON:
+    """The route's work once its inputs are in hand; the fast path (fast_predict.py) answers with it too."""
     result = await engine.session_predict(
         session_id, text=body.text, tokens=body.tokens, top_k=body.top_k, expected_position=body.expected_position
     )
