@@ -4,46 +4,40 @@ Only the Engine (service/engine/engine.py) creates and drives the Batcher; every
 Engine's public methods.
 
 A work item is a generic *step*: feed some token ids to one session (or to a stateless row that brings its own
-state or starts from zeros) and return the logits of the last position or of all positions. Prompts and, later,
-generation loops (one token per step per stream) submit steps into the same queue, so many streams advance
+state or starts from zeros) and return the logits of the last position or of all positions. Prompts,
+predictions and generation rows (one token per step per stream) share the same queue, so many streams advance
 together in shared batches.
 
-The loop: take up to `max_batch_size` items, waiting at most `max_batch_delay_s` after the oldest one arrived;
-never two items of one session in a batch (the later one waits for the next batch, keeping arrival order);
-gather the sessions' states with ONE `load_many`, run ONNX Runtime on a dedicated worker thread so the event loop
-keeps serving, write the states back with ONE `save_many`, compare-and-set on the version each item read.
-
-Rows of different lengths share a batch as a staircase: all rows run together over the shortest length, then the
-rows that are longer continue together from their carried state, and so on. That is one ORT run per distinct
-length, like grouping by length, but the runs share their common prefix so the sequential LSTM steps total the
-longest row's length, not the sum of the distinct lengths; it is exact on the exported graph, which takes no
-`sequence_lens`. Measured on CPU (hidden 512, 2 layers, 1 thread), per batch: 16 rows of 1..32 tokens
-27-33 ms staircase vs 44-48 ms grouped vs 32 ms padded with sequence_lens (a rewritten graph); one 64-token row
-with seven 1-token rows 10 ms staircase or grouped vs 33-34 ms padded. Padding pays the longest length for every
-row; the staircase never does.
+Three stages, two threads:
+1. intake (event loop): session steps have their states read with ONE `load_many` for all that are waiting; a
+   session with a step in flight holds its later steps back until that one is written, so steps of one session
+   run in arrival order, each on the state the previous one wrote;
+2. the engine thread (service/engine/core.py): batches, runs ONNX Runtime, samples, carries chunks and
+   generation rows on, and hands each batch back in one `call_soon_threadsafe`;
+3. commit (event loop): ONE `save_many` writes the batch's sessions, compare-and-set on the version each step
+   read, then the callers are answered and the generation tokens handed out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.engine.core import Batch, EngineCore, staircase
 from service.engine.ort import OnnxRuntime
-from service.engine.sampling import SamplingBatch, sample
-from service.engine.steps import SampleNext, StepResult, TokenKind, check_position
-from service.engine.streams import StreamRow
-from service.engine.topk import TokenProb, top_k_rows
+from service.engine.steps import StepResult, check_position
+from service.engine.streams import RowStep, StreamRow
+from service.engine.work import WorkItem
 from service.errors import Draining, EngineError, PositionConflict, VersionConflict
 from service.metrics import Metrics
 from service.state.store import SessionRecord, StateStore
+
+__all__ = ["MAX_CONFLICT_RETRIES", "Batcher", "WorkItem", "staircase"]
 
 log = logging.getLogger(__name__)
 
@@ -51,135 +45,8 @@ MAX_CONFLICT_RETRIES = 32  # a step without expected_position, re-run after othe
 # each conflict means another writer committed a step, so a step loses only while others keep winning
 
 
-@dataclass(eq=False)
-class WorkItem:
-    """One step on its way through the batcher: feed `ids` (T,) int64, T >= 1, to a session or a stateless row."""
-
-    ids: np.ndarray
-    session_id: str | None = None  # None: stateless, nothing is read from or written to the store
-    all_logits: bool = False
-    expected_position: int | None = None  # refuse (PositionConflict) unless the session is at this position
-    state: tuple[np.ndarray, np.ndarray] | None = None  # stateless rows only: h, c each (layers, hidden)
-    start_position: int = 0  # stateless rows only: the position `state` is at
-    kind: TokenKind = "prompt"
-    sample_next: SampleNext | None = None
-    top_k: int = 0  # > 0: the step's answer carries the k most likely next tokens, computed for the whole batch
-    # Filled in by the batcher.
-    future: asyncio.Future[StepResult] = field(init=False, repr=False)
-    enqueued_at: float = field(init=False, default=0.0)
-    read: SessionRecord | None = field(init=False, default=None)  # the record load_many read: version for CAS
-    # A long input is fed in chunks, one per batch turn, so other steps run in between (chunked prefill).
-    fed: int = field(init=False, default=0)  # tokens of `ids` already fed
-    carry: tuple[np.ndarray, np.ndarray] | None = field(init=False, default=None)  # h, c after them
-    pieces: list[np.ndarray] = field(init=False, default_factory=list)  # all_logits: the chunks' logits so far
-    retries: int = field(init=False, default=0)  # compare-and-set conflicts retried (no expected_position)
-    origin: tuple[np.ndarray, np.ndarray] | None = field(init=False, default=None)  # the state read, to undo to
-    stream: StreamRow | None = field(init=False, default=None)  # a generation's step, queued by the batcher
-
-    def base(self) -> tuple[int, int]:
-        """The session's position and record version this step builds on (what its write compares and sets)."""
-        if self.stream is not None:
-            assert self.stream.version is not None
-            return self.stream.position, self.stream.version
-        assert self.read is not None
-        return self.read.position, self.read.version
-
-
-def staircase(
-    runtime: OnnxRuntime,
-    rows: Sequence[np.ndarray],
-    h: np.ndarray,
-    c: np.ndarray,
-    all_logits: Sequence[bool],
-    metrics: Metrics | None = None,
-) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Run rows of different lengths from h, c (L, B, H); one ORT run per distinct length, sharing prefixes.
-
-    Returns per row its logits ((T_i, V) or the last (V,)) and the final hn, cn (L, B, H).
-    """
-    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    h = h.copy()
-    c = c.copy()
-    pieces: list[list[np.ndarray]] = [[] for _ in rows]
-    done = 0
-    for length in np.unique(lens).tolist():  # ascending
-        active = np.flatnonzero(lens >= length).tolist()  # rows still running: (b,)
-        ids = np.stack([rows[i][done:length] for i in active])  # (b, length - done)
-        whole = len(active) == len(rows)
-        t0 = time.perf_counter()
-        logits, hn, cn = runtime.run(ids, h if whole else h[:, active], c if whole else c[:, active])
-        if metrics is not None:
-            metrics.inference_latency.observe(time.perf_counter() - t0)
-        h[:, active] = hn  # (L, b, H) scattered back into the batch
-        c[:, active] = cn
-        for j, i in enumerate(active):
-            if all_logits[i]:
-                pieces[i].append(logits[j])  # (length - done, V)
-            elif lens[i] == length:
-                pieces[i].append(logits[j, -1])  # (V,): this row's last position
-        done = length
-    out = [np.concatenate(p) if all_logits[i] else p[0] for i, p in enumerate(pieces)]
-    return out, h, c
-
-
-@dataclass(frozen=True, slots=True)
-class _Ran:
-    """What the worker thread computed for a batch: per row its logits, the states after it, its drawn token and
-    its top-k (for the rows that finish in this batch and asked for them)."""
-
-    logits: list[np.ndarray]
-    h: np.ndarray  # (L, B, H)
-    c: np.ndarray  # (L, B, H)
-    tokens: dict[int, int]
-    top: dict[int, list[TokenProb]]
-
-
-def _run_rows(
-    runtime: OnnxRuntime,
-    rows: Sequence[np.ndarray],
-    h: np.ndarray,
-    c: np.ndarray,
-    items: Sequence[WorkItem],
-    final: Sequence[bool],
-    metrics: Metrics,
-) -> _Ran:
-    """The worker thread's whole share of a batch: the model, then sampling and top-k for every finishing row in
-    one vectorised call each, so the event loop gets back finished answers."""
-    logits, hn, cn = staircase(runtime, rows, h, c, [item.all_logits for item in items], metrics)
-    done = [item if fin else None for item, fin in zip(items, final, strict=True)]
-    tokens = _sample_next(done, logits)
-    asking = [i for i, item in enumerate(done) if item is not None and item.top_k > 0]
-    top: dict[int, list[TokenProb]] = {}
-    if asking:
-        last = np.stack([logits[i] if logits[i].ndim == 1 else logits[i][-1] for i in asking])  # (n, V)
-        ks = [items[i].top_k for i in asking]
-        top = dict(zip(asking, top_k_rows(last, ks, runtime.metadata.tokenizer), strict=True))
-    return _Ran(logits, hn, cn, tokens, top)
-
-
-def _sample_next(items: Sequence[WorkItem | None], logits: Sequence[np.ndarray]) -> dict[int, int]:
-    """The next token of every row that asks for one, drawn in one vectorised call: row index -> token id."""
-    rows = [(i, draw) for i, item in enumerate(items) if item is not None and (draw := item.sample_next) is not None]
-    if not rows:
-        return {}
-    params = SamplingBatch.from_rows(
-        [d.temperature for _, d in rows],
-        [d.top_k for _, d in rows],
-        [d.top_p for _, d in rows],
-        [d.seed for _, d in rows],
-        [d.index for _, d in rows],
-    )
-    last = np.stack([logits[i] if logits[i].ndim == 1 else logits[i][-1] for i, _ in rows])  # (n, V)
-    return dict(zip((i for i, _ in rows), sample(last, params).tolist(), strict=True))
-
-
 def _fail(item: WorkItem, exc: BaseException) -> None:
-    row = item.stream
-    if row is not None:
-        if not item.future.done():
-            row.fail(exc)
-        row.settle()
-    elif not item.future.done():  # a caller that was cancelled has nobody to tell
+    if not item.future.done():  # a caller that was cancelled has nobody to tell
         item.future.set_exception(exc)
 
 
@@ -194,254 +61,296 @@ class Batcher:
         max_batch_delay_s: float,
         prefill_chunk: int = 0,
     ) -> None:
-        self.runtime = runtime
         self.store = store
         self.metrics = metrics
-        self.max_batch_size = max_batch_size
-        self.max_batch_delay_s = max_batch_delay_s
-        self.prefill_chunk = prefill_chunk  # 0: a whole input in one batch turn
-        self._items: deque[WorkItem] = deque()
-        self._wakeup = asyncio.Event()
+        self._core = EngineCore(
+            runtime,
+            metrics,
+            self._from_engine_thread,
+            max_batch_size=max_batch_size,
+            max_batch_delay_s=max_batch_delay_s,
+            prefill_chunk=prefill_chunk,
+        )
+        self._pending: deque[WorkItem] = deque()  # session steps waiting for their state to be read
+        self._busy: set[str] = set()  # sessions with a step read, running or being written
+        self._intake_wake = asyncio.Event()
+        self._batches: asyncio.Queue[Batch | None] = asyncio.Queue()
+        self._outstanding = 0  # submitted steps not answered yet
+        self._settled = asyncio.Event()
         self._closing = False
-        self._task: asyncio.Task[None] | None = None
-        # One worker thread: ORT runs one batch at a time and the event loop never blocks on it.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lstm-serve-ort")
-        self.batches = 0
+        self._finished = False  # every submitted step is answered and nothing more comes: the intake ends
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def batches(self) -> int:
+        return self._core.batches
 
     @property
     def queued(self) -> int:
-        return len(self._items)
+        return len(self._pending) + self._core.queued
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="lstm-serve-batcher")
+        if self._tasks:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._core.start()
+        self._tasks = [
+            self._loop.create_task(self._intake(), name="lstm-serve-intake"),
+            self._loop.create_task(self._commit_loop(), name="lstm-serve-commit"),
+        ]
 
     async def stop(self) -> None:
-        """Accept nothing new, finish every queued item, then stop the loop and the worker thread."""
+        """Accept nothing new, finish every submitted step (generation rows end with Draining), then stop."""
         self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
-        self._executor.shutdown(wait=True)
+        self._core.drain()
+        self._intake_wake.set()
+        if not self._tasks:
+            return
+        while self._outstanding:
+            self._settled.clear()
+            await self._settled.wait()
+        self._finished = True
+        self._intake_wake.set()
+        self._core.stop()
+        await asyncio.to_thread(self._core.join)
+        self._batches.put_nowait(None)  # after every batch the thread handed over
+        await asyncio.gather(*self._tasks)
+        self._tasks = []
 
     async def submit(self, item: WorkItem) -> StepResult:
         if self._closing:
             raise Draining()
         loop = asyncio.get_running_loop()
         item.future = loop.create_future()
-        item.enqueued_at = loop.time()
-        self._items.append(item)
-        self._wakeup.set()
-        return await item.future
+        item.enqueued_at = time.monotonic()
+        self._outstanding += 1
+        try:
+            if item.session_id is None:
+                self._core.put([item])
+            else:
+                self._pending.append(item)
+                self._intake_wake.set()
+            result = await item.future
+        finally:
+            self._outstanding -= 1
+            if not self._outstanding:
+                self._settled.set()
+        assert isinstance(result, StepResult)
+        return result
 
     def open_stream(self, row: StreamRow) -> None:
-        """Start a generation's persistent row: from now on the batcher queues its steps itself."""
+        """Start a generation's persistent row: from now on the engine thread queues its steps itself."""
         if self._closing:
             raise Draining()
-        self._queue_row(row)
+        row.claim()
+        row.resume = self._core.resume
+        self._core.open(row)
 
     async def stop_stream(self, row: StreamRow) -> None:
-        """Stop a row and wait until the batcher has let go of it: nothing of it is queued, running or being
-        written afterwards (a step caught mid-way writes nothing, or is undone), so its version is final."""
+        """Stop a row and wait until the engine has let go of it: nothing of it is queued, running or being
+        written afterwards, so its version is final."""
         row.stopped = True
-        row.on_taken = None
-        item = row.item_in_flight
-        if item is not None and not item.future.done():
-            item.future.cancel()  # the batcher treats it as a caller that gave up
-        if self._task is None or self._task.done():
-            row.settle()  # no loop left to reach the queued step
+        if not self._tasks:  # no engine left to reach it
+            row.settle()
+        self._core.resume(row)  # a row parked on a full window is let go by the thread, in order
         await row.idle()
 
-    def _queue_row(self, row: StreamRow) -> None:
-        if not row.wants_step:
-            if not row.ended and not row.stopped:  # a full window: go on once the consumer has taken tokens
-                row.on_taken = lambda: self._queue_row(row)
-            row.settle()
-            return
-        if self._closing:
-            row.fail(Draining())
-            row.settle()
-            return
-        item = WorkItem(
-            ids=np.array([row.next_token], dtype=np.int64),
-            session_id=row.session_id,
-            kind="generated",
-            sample_next=row.sample_next(),
-        )
-        item.stream = row
-        item.carry = item.origin = (row.h, row.c)  # the row holds its state: nothing to load
-        loop = asyncio.get_running_loop()
-        item.future = loop.create_future()  # nobody awaits it: stop_stream cancels it to have nothing written
-        item.enqueued_at = loop.time()
-        row.item_in_flight = item
-        row.claim()
-        self._items.append(item)
-        self._wakeup.set()
-
-    async def _collect(self) -> list[WorkItem] | None:
-        """The next batch, or None once closing with nothing left."""
-        loop = asyncio.get_running_loop()
-        while not self._items:
-            if self._closing:
-                return None
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        deadline = self._items[0].enqueued_at + self.max_batch_delay_s
-        while len(self._items) < self.max_batch_size and not self._closing:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-        batch: list[WorkItem] = []
-        deferred: list[WorkItem] = []
-        sessions: set[str] = set()
-        while self._items and len(batch) < self.max_batch_size:
-            item = self._items.popleft()
-            if item.future.done():  # its caller gave up before it ran: skip it, nothing is applied
-                if item.stream is not None:
-                    item.stream.settle()
-                continue
-            if item.session_id is not None:
-                if item.session_id in sessions:  # never two steps of one session in a batch
-                    deferred.append(item)
-                    continue
-                sessions.add(item.session_id)
-            batch.append(item)
-        self._items.extendleft(reversed(deferred))  # they go first next time, in their arrival order
-        return batch
-
-    async def _loop(self) -> None:
+    # ---- 1. intake -------------------------------------------------------------------------------------------
+    async def _intake(self) -> None:
         while True:
-            batch = await self._collect()
-            if batch is None:
-                return
-            if not batch:
+            ready = self._loadable()
+            if not ready:
+                if self._finished:
+                    return
+                self._intake_wake.clear()
+                await self._intake_wake.wait()
                 continue
             try:
-                await self._run_batch(batch)
-            except Exception as exc:  # a bug or a broken store: fail this batch, keep serving the next ones
-                log.exception("batch of %d failed", len(batch))
-                for item in batch:
+                loaded = await self._load(ready)
+            except Exception as exc:  # a bug or a broken store: these steps fail, the next ones are tried
+                log.exception("reading %d sessions failed", len(ready))
+                for item in ready:
+                    self._done_with(item)
                     _fail(item, exc)
+                continue
+            if loaded:
+                self._core.put(loaded)
 
-    def _chunk(self, item: WorkItem) -> np.ndarray:
-        """The part of the item's input this batch turn feeds: all that is left, or the next prefill chunk."""
-        end = len(item.ids) if not self.prefill_chunk else item.fed + self.prefill_chunk
-        return item.ids[item.fed : end]
+    def _loadable(self) -> list[WorkItem]:
+        """The waiting steps whose sessions have nothing in flight, the first of each session, in order."""
+        ready: list[WorkItem] = []
+        held: deque[WorkItem] = deque()
+        taken: set[str] = set()
+        while self._pending:
+            item = self._pending.popleft()
+            if item.future.done():
+                continue
+            sid = item.session_id
+            assert sid is not None
+            if sid in self._busy or sid in taken:
+                held.append(item)
+                continue
+            taken.add(sid)
+            ready.append(item)
+        self._pending = held
+        self._busy |= taken
+        return ready
 
-    async def _run_batch(self, batch: list[WorkItem]) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        for item in batch:
-            if not item.fed:  # a continuing chunk waited behind the others on purpose
-                self.metrics.queue_wait.observe(started - item.enqueued_at)
-        live = await self._load(batch)
-        if not live:
+    async def _load(self, items: list[WorkItem]) -> list[WorkItem]:
+        """Read the sessions' states in one call; fail the items that cannot run."""
+        try:
+            loaded = await self.store.load_many([item.session_id for item in items if item.session_id])
+        except EngineError as exc:  # e.g. StateStoreUnavailable: these items fail
+            for item in items:
+                self._done_with(item)
+                _fail(item, exc)
+            return []
+        out: list[WorkItem] = []
+        for j, (item, record) in enumerate(zip(items, loaded.records, strict=True)):
+            if isinstance(record, EngineError):
+                self._done_with(item)
+                _fail(item, record)
+                continue
+            try:
+                check_position(record, item.expected_position)
+            except PositionConflict as exc:
+                self._done_with(item)
+                _fail(item, exc)
+                continue
+            if item.future.done():
+                self._done_with(item)
+                continue
+            item.read = record
+            item.state = item.origin = (loaded.h[:, j], loaded.c[:, j])  # (L, H) each
+            out.append(item)
+        return out
+
+    def _done_with(self, item: WorkItem) -> None:
+        """The session's step is finished with: its next one may be read."""
+        if item.session_id is not None and item.stream is None:
+            self._busy.discard(item.session_id)
+            if self._pending:
+                self._intake_wake.set()
+
+    # ---- 3. commit -------------------------------------------------------------------------------------------
+    def _from_engine_thread(self, batch: Batch) -> None:
+        loop = self._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(self._batches.put_nowait, batch)
+
+    async def _commit_loop(self) -> None:
+        while (batch := await self._batches.get()) is not None:
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # a bug or a broken store: fail this batch, keep serving the next ones
+                log.exception("writing a batch failed")
+                for item in batch.finished:
+                    self._done_with(item)
+                    _fail(item, exc)
+                for step in batch.rows:
+                    step.row.fail(exc)
+            finally:
+                for row, why in batch.released:
+                    if why is not None:
+                        row.fail(why)
+                    row.settle()
+
+    async def _commit(self, batch: Batch) -> None:
+        for item in batch.skipped:
+            self._done_with(item)
+        if batch.error is not None:
+            for item in batch.finished:
+                self._done_with(item)
+                _fail(item, batch.error)
             return
-        layers, hidden = self.runtime.layers, self.runtime.hidden
-        h = np.zeros((layers, len(live), hidden), dtype=np.float32)  # (L, B, H)
-        c = np.zeros((layers, len(live), hidden), dtype=np.float32)
-        for i, (_, state) in enumerate(live):
-            if state is not None:
-                h[:, i], c[:, i] = state
-        items = [item for item, _ in live]
-        rows = [self._chunk(item) for item in items]
-        final = [item.fed + len(row) == len(item.ids) for item, row in zip(items, rows, strict=True)]
-        self.batches += 1
-        self.metrics.batch_size.observe(len(live))
-        ran = await loop.run_in_executor(
-            self._executor, _run_rows, self.runtime, rows, h, c, items, final, self.metrics
-        )
-        fed: dict[TokenKind, int] = {}
-        for item, row in zip(items, rows, strict=True):  # one counter update per kind, not one label lookup per row
-            fed[item.kind] = fed.get(item.kind, 0) + len(row)
-        for kind, count in fed.items():
-            self.metrics.tokens.labels(kind).inc(count)
-        for i, item in enumerate(items):
-            if not final[i]:
-                self._continue(item, rows[i], ran, i)
-        done = [i for i in range(len(items)) if final[i]]
-        # A caller that gave up while its batch ran (a closed stream) gets nothing written: its session keeps
-        # exactly what its client was told.
-        session_rows = [i for i in done if items[i].session_id is not None and not items[i].future.done()]
-        written: dict[int, SessionRecord | EngineError] = {}
-        if session_rows:
-            written = await self._write(live, session_rows, ran)
-        for i in done:
-            self._answer(items[i], ran, i, written.get(i))
+        written = await self._write(batch)
+        for item in batch.finished:
+            self._answer(item, batch, written.get(id(item)))
+        for step in batch.rows:
+            self._hand_out(step, written.get(id(step)))
 
-    def _continue(self, item: WorkItem, row: np.ndarray, ran: _Ran, i: int) -> None:
-        """An input fed only in part: carry its state, queue the rest behind what waits now (fair to the others)."""
-        item.fed += len(row)
-        item.carry = (ran.h[:, i].copy(), ran.c[:, i].copy())  # (L, H) each
-        if item.all_logits:
-            item.pieces.append(ran.logits[i])
-        if not item.future.done():
-            self._items.append(item)
-            self._wakeup.set()
-
-    async def _write(
-        self,
-        live: list[tuple[WorkItem, tuple[np.ndarray, np.ndarray] | None]],
-        rows: list[int],
-        ran: _Ran,
-    ) -> dict[int, SessionRecord | EngineError]:
-        """Write the finished session rows back in one compare-and-set call on the versions their steps read."""
-        items = [live[i][0] for i in rows]
-        bases = [item.base() for item in items]  # (position, version) each step builds on
-        results = await self.store.save_many(
-            [item.session_id for item in items if item.session_id is not None],
-            ran.h[:, rows],
-            ran.c[:, rows],
-            [position + len(item.ids) for (position, _), item in zip(bases, items, strict=True)],
-            [version for _, version in bases],
-        )
-        written = dict(zip(rows, results, strict=True))
-        await self._undo_abandoned(live, written)
+    async def _write(self, batch: Batch) -> dict[int, SessionRecord | EngineError]:
+        """Write the batch's finished session steps and generation steps in one compare-and-set call."""
+        items = [i for i in batch.finished if i.session_id is not None and not i.future.done()]
+        steps = [s for s in batch.rows if s.row.session_id is not None and s.row.runnable]
+        if not items and not steps:
+            return {}
+        assert batch.h is not None and batch.c is not None
+        cols = [batch.index[id(item)] for item in items]
+        h = batch.h[:, cols]  # (L, n, H)
+        c = batch.c[:, cols]
+        if steps:
+            h = np.concatenate([h, np.stack([s.h for s in steps], axis=1)], axis=1)
+            c = np.concatenate([c, np.stack([s.c for s in steps], axis=1)], axis=1)
+        ids: list[str] = []
+        positions: list[int] = []
+        versions: list[int] = []
+        for item in items:
+            position, version = item.base()
+            ids.append(item.session_id or "")
+            positions.append(position + len(item.ids))
+            versions.append(version)
+        for step in steps:
+            row_version = step.row.version
+            assert row_version is not None  # a session's row always holds the version it last wrote
+            ids.append(step.row.session_id or "")
+            positions.append(step.row.position + 1)
+            versions.append(row_version)
+        results = await self.store.save_many(ids, h, c, positions, versions)
+        keys = [id(item) for item in items] + [id(step) for step in steps]
+        written = dict(zip(keys, results, strict=True))
+        await self._undo_abandoned(items, written)
         return written
 
-    def _answer(self, item: WorkItem, ran: _Ran, i: int, outcome: SessionRecord | EngineError | None) -> None:
-        if item.stream is not None:
-            self._answer_row(item, item.stream, ran, i, outcome)
+    async def _undo_abandoned(self, items: Sequence[WorkItem], written: dict[int, SessionRecord | EngineError]) -> None:
+        """Put back the states read for steps whose caller gave up while a (remote) store's write was in flight."""
+        undo = [(i, new) for i in items if i.future.done() and isinstance(new := written[id(i)], SessionRecord)]
+        if not undo:
             return
+        origins = [item.origin for item, _ in undo]
+        await self.store.save_many(
+            [new.session_id for _, new in undo],
+            np.stack([o[0] for o in origins if o is not None], axis=1),  # (L, n, H)
+            np.stack([o[1] for o in origins if o is not None], axis=1),
+            [item.base()[0] for item, _ in undo],
+            [new.version for _, new in undo],
+        )
+
+    def _answer(self, item: WorkItem, batch: Batch, outcome: SessionRecord | EngineError | None) -> None:
         if item.future.done():
+            self._done_with(item)
             return
-        logits = ran.logits[i]
-        if item.pieces:  # all_logits over several chunks: (T, V) in order
-            logits = np.concatenate([*item.pieces, logits])
-        h, c = ran.h[:, i].copy(), ran.c[:, i].copy()
-        token, top = ran.tokens.get(i), ran.top.get(i)
+        assert item.logits is not None and batch.h is not None and batch.c is not None
+        col = batch.index[id(item)]
+        h, c = batch.h[:, col].copy(), batch.c[:, col].copy()  # (L, H) each
         if item.session_id is None:
             position = item.start_position + len(item.ids)
-            item.future.set_result(StepResult(logits, position, None, h, c, token, top))
-        elif isinstance(outcome, VersionConflict):
+            item.future.set_result(StepResult(item.logits, position, None, h, c, item.token, item.top))
+            return
+        if isinstance(outcome, VersionConflict):
             self._conflicted(item, outcome)
-        elif isinstance(outcome, EngineError):
+            return
+        self._done_with(item)
+        if isinstance(outcome, EngineError):
             _fail(item, outcome)
         else:
             assert outcome is not None
-            item.future.set_result(StepResult(logits, outcome.position, outcome, h, c, token, top))
+            item.future.set_result(StepResult(item.logits, outcome.position, outcome, h, c, item.token, item.top))
 
-    def _answer_row(
-        self, item: WorkItem, row: StreamRow, ran: _Ran, i: int, outcome: SessionRecord | EngineError | None
-    ) -> None:
-        """A generation's step: hand its token to the row and queue the row's next step at once."""
-        row.item_in_flight = None
-        if item.future.done():  # stopped while it ran: nothing was written, or it was undone
-            row.settle()
+    def _hand_out(self, step: RowStep, outcome: SessionRecord | EngineError | None) -> None:
+        """A generation step: the token goes to its row once written (stopped rows write and get nothing)."""
+        row = step.row
+        if not row.runnable:
             return
         if isinstance(outcome, VersionConflict):  # written by someone else (another replica) meanwhile
             row.fail(PositionConflict(outcome.session_id, row.position, outcome.actual_position))
         elif isinstance(outcome, EngineError):
             row.fail(outcome)
+        elif outcome is None:
+            row.advance(step, row.position + 1, None)
         else:
-            h, c = ran.h[:, i].copy(), ran.c[:, i].copy()  # (L, H): the row's state, and its undo point
-            position = row.position + 1 if outcome is None else outcome.position
-            row.advance(ran.tokens[i], h, c, position, None if outcome is None else outcome.version)
-        self._queue_row(row)
+            row.advance(step, outcome.position, outcome.version)
 
     def _conflicted(self, item: WorkItem, conflict: VersionConflict) -> None:
         """Another writer (a replica sharing the store) changed the session while this step ran. A step that
@@ -449,76 +358,16 @@ class Batcher:
         did is refused, as its client asked."""
         read = item.read
         assert read is not None
+        self._busy.discard(conflict.session_id)
         if item.expected_position is None and item.retries < MAX_CONFLICT_RETRIES:
             item.retries += 1
-            item.fed, item.carry, item.pieces, item.read = 0, None, [], None
-            self._items.appendleft(item)  # first in the next batch: it already waited its turn
-            self._wakeup.set()
+            item.reset()
+            self._pending.appendleft(item)  # first in the next read: it already waited its turn
+            self._intake_wake.set()
             return
+        if self._pending:
+            self._intake_wake.set()
         if item.expected_position is None:
             _fail(item, PositionConflict(conflict.session_id, None, conflict.actual_position, retries=item.retries))
         else:
             _fail(item, PositionConflict(conflict.session_id, read.position, conflict.actual_position))
-
-    async def _undo_abandoned(
-        self,
-        live: list[tuple[WorkItem, tuple[np.ndarray, np.ndarray] | None]],
-        written: dict[int, SessionRecord | EngineError],
-    ) -> None:
-        """Put back the states read for steps whose caller gave up while a (remote) store's write was in flight."""
-        undo: list[tuple[WorkItem, SessionRecord]] = []  # the step and what it wrote
-        for i, outcome in written.items():
-            item = live[i][0]
-            if item.future.done() and isinstance(outcome, SessionRecord):
-                undo.append((item, outcome))
-        if not undo:
-            return
-        origins = [item.origin for item, _ in undo]
-        assert all(origin is not None for origin in origins)
-        results = await self.store.save_many(
-            [new.session_id for _, new in undo],
-            np.stack([origin[0] for origin in origins if origin is not None], axis=1),  # (L, n, H)
-            np.stack([origin[1] for origin in origins if origin is not None], axis=1),
-            [item.base()[0] for item, _ in undo],
-            [new.version for _, new in undo],
-        )
-        for (item, _), result in zip(undo, results, strict=True):
-            if item.stream is not None and isinstance(result, SessionRecord):
-                item.stream.version = result.version  # the row's last write is now the undo
-
-    async def _load(self, batch: list[WorkItem]) -> list[tuple[WorkItem, tuple[np.ndarray, np.ndarray] | None]]:
-        """Read the sessions' states in one call; fail the items that cannot run. -> (item, its h, c or None)."""
-        sessions = [item for item in batch if item.session_id is not None and item.carry is None]
-        states: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if sessions:
-            try:
-                loaded = await self.store.load_many([item.session_id for item in sessions if item.session_id])
-            except EngineError as exc:  # e.g. StateStoreUnavailable: these items fail, stateless ones run
-                for item in sessions:
-                    _fail(item, exc)
-                sessions = []
-            else:
-                for j, (item, record) in enumerate(zip(sessions, loaded.records, strict=True)):
-                    if isinstance(record, EngineError):
-                        _fail(item, record)
-                    else:
-                        try:
-                            check_position(record, item.expected_position)
-                        except PositionConflict as exc:
-                            _fail(item, exc)
-                            continue
-                        item.read = record
-                        states[id(item)] = item.origin = (loaded.h[:, j], loaded.c[:, j])
-        live: list[tuple[WorkItem, tuple[np.ndarray, np.ndarray] | None]] = []
-        for item in batch:
-            if item.future.done():
-                if item.stream is not None:  # stopped while queued
-                    item.stream.settle()
-                continue
-            if item.carry is not None:  # a continuing chunk: the state its previous chunk left
-                live.append((item, item.carry))
-            elif item.session_id is None:
-                live.append((item, item.state))
-            else:
-                live.append((item, states[id(item)]))
-        return live

@@ -8,7 +8,8 @@ The whole surface:
   context manager holding the session's lock for several reads and steps (a generation, an inspection);
 - sessions: `create_session`, `get_session`, `session_predict`, `fork_session`, `reset_session`, `delete_session`,
   `export_state` (import is `create_session(state=...)`); `predict` for the stateless route;
-- `head_logits(h)`: the output layer on a stored state (a generation that continues without a prompt).
+- `head_logits(h)`: the output layer on a stored state (a generation that continues without a prompt);
+- `open_stream(row)` / `stop_stream(row)`: a generation's persistent row, stepped by the engine thread itself.
 
 Every request to a session holds that session's lock from before it is queued until its answer is back, so a
 session's requests run strictly one after another in arrival order and never share a batch. Input is validated
@@ -220,7 +221,7 @@ class Engine:
         try:
             await self._warm_up(runtime)
         except BaseException:
-            await self._batcher.stop()  # no worker thread left behind by a failed start
+            await self._batcher.stop()  # no engine thread left behind by a failed start
             raise
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="lstm-serve-sweeper")
         meta = runtime.metadata
@@ -255,7 +256,7 @@ class Engine:
                     raise RuntimeError("model returned non-finite logits during warm-up")
 
         await asyncio.to_thread(shapes)
-        # And once through the batcher, which starts its worker thread.
+        # And once through the batcher and its engine thread.
         tok = runtime.metadata.tokenizer
         text = "".join(ch for ch in WARMUP_TEXT if ch in tok.chars) or tok.chars[0]
         await self._submit(WorkItem(ids=tok.encode(text)))

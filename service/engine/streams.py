@@ -1,16 +1,23 @@
-"""A generation's persistent row: the batcher schedules a stream's next step itself, right after drawing its token.
+"""A generation's persistent row: the engine thread schedules a stream's next step itself, right after drawing its
+token.
 
 A stream used to be a loop in its caller: submit a step, await it, hand the token out, submit the next. Every
-token then paid a round trip through the event loop's scheduler (batcher task -> future -> generator task ->
-submit -> batcher task) on top of the model. A StreamRow lives in the batcher instead: once a batch has drawn a
-row's token, the batcher writes the session (compare-and-set, in the batch's one `save_many`), puts the token in
-the row's queue and queues the row's next step at once. The consumer takes whatever tokens are ready, all of them
-in one go when it lags behind (one SSE write for several events).
+token then paid a round trip through the event loop (batcher -> future -> generator task -> submit -> batcher) on
+top of the model. A StreamRow lives in the engine instead: once a batch has drawn a row's token, the engine thread
+queues the row's next step at once, and hands the token to the event loop with the rest of the batch; there the
+session is written (compare-and-set, in the batch's one `save_many`) and the token goes to the row's queue. The
+consumer takes whatever tokens are ready, all of them in one go when it lags behind (one SSE write for several).
+
+Two sides, each owning its fields. The engine thread owns the cursor (`next_token`, `h`, `c`, the draw's index,
+the tokens left, the stop matcher, `computed`); the event loop owns what was written and handed out (`position`,
+`version`, `ready`, `finish`, `error`, `taken`, `stopped`). The two flags the other side reads (`stopped`,
+`error`, `taken`) are plain attributes read under the GIL; parking and resuming go through the engine thread's
+lock.
 
 What was sent. The row runs ahead of its consumer by at most `window` tokens, each already written to the session
-(a token is handed out only after its step's write). Every token carries the state after it, so a consumer that
-stops early puts the session back at the last token it sent (the generator does that, under the session's lease,
-after `Batcher.stop_stream` has made sure no step of the row is queued, running or being written).
+before it is handed out. Every token carries the state after it, so a consumer that stops early puts the session
+back at the last token it sent (the generator does that, under the session's lease, after `stop_stream` has made
+sure nothing of the row is queued, running or being written).
 """
 
 from __future__ import annotations
@@ -20,15 +27,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from service.engine.sampling import StopMatcher
 from service.engine.steps import SampleNext
-
-if TYPE_CHECKING:
-    from service.engine.batcher import WorkItem
 
 FinishReason = Literal["length", "stop"]
 STREAM_WINDOW = 16  # tokens a stream may run ahead of its consumer: enough to fill an SSE write when the client
@@ -47,11 +51,19 @@ class Emitted:
     at: float  # time.perf_counter() when it was ready
 
 
-class StreamRow:
-    """One generation's row: what to feed next, the state it goes to, and the tokens waiting for the consumer.
+@dataclass(frozen=True, slots=True)
+class RowStep:
+    """What one step of a row computed, on its way from the engine thread to the event loop."""
 
-    The batcher (on the event loop) calls `advance`, `fail` and `settle`; the consumer calls `take`.
-    """
+    row: StreamRow
+    token: int  # the token the step fed
+    h: np.ndarray  # (layers, hidden): the state after it
+    c: np.ndarray
+    finish: FinishReason | None  # the generation ends with this token
+
+
+class StreamRow:
+    """One generation's row; see the module docstring for which side owns what."""
 
     def __init__(
         self,
@@ -69,53 +81,77 @@ class StreamRow:
         window: int = STREAM_WINDOW,
     ) -> None:
         self.session_id = session_id
+        self.chars = chars  # token id -> its character
+        self.window = window
+        # The engine thread's cursor.
         self.next_token = next_token  # drawn, not fed yet
         self.h, self.c = h, c  # (layers, hidden) each: the state next_token is fed to
-        self.position, self.version = position, version
         self._draw = draw  # its index is the index of the token the next step draws
-        self.remaining = max_tokens  # tokens still to feed
-        self._stop, self.chars = stop, chars  # token id -> its character
-        self.window = window
+        self._remaining = max_tokens  # tokens still to feed
+        self._stop = stop
+        self.computed = 0  # tokens fed so far
+        self.parked = False  # waiting for its consumer (a full window); under the engine thread's lock
+        # The event loop's side.
+        self.position, self.version = position, version
         self.ready: deque[Emitted] = deque()
         self.finish: FinishReason | None = None
         self.error: BaseException | None = None
         self.stopped = False  # the consumer has gone: run nothing more, write nothing more
-        self.busy = False  # a step of the row is queued or in a batch (owned by the batcher)
+        self.taken = 0  # tokens the consumer has taken
         self._idle = asyncio.Event()
         self._idle.set()
         self._wake = asyncio.Event()
-        self.on_taken: Callable[[], None] | None = None  # set by the batcher while the row waits for its consumer
-        self.item_in_flight: WorkItem | None = None  # the batcher's: the row's queued or running step
+        self.resume: Callable[[StreamRow], None] | None = None  # set by the batcher: unparks the row
+
+    # ---- the engine thread -----------------------------------------------------------------------------------
+    @property
+    def runnable(self) -> bool:
+        """Whether the row may take another step (read by the engine thread)."""
+        return not self.stopped and self.error is None
 
     @property
-    def ended(self) -> bool:
-        return self.finish is not None or self.error is not None
-
-    @property
-    def wants_step(self) -> bool:
-        """Whether the row's next step should be queued now: not ended, not stopped, room in its window."""
-        return not (self.ended or self.stopped) and len(self.ready) < self.window
+    def window_full(self) -> bool:
+        return self.computed - self.taken >= self.window
 
     def sample_next(self) -> SampleNext:
         return self._draw
+
+    def step_done(self, drawn: int, h: np.ndarray, c: np.ndarray) -> RowStep:
+        """The step that fed `next_token` ran: move the cursor on to the token it drew."""
+        token = self.next_token
+        self.next_token, self.h, self.c = drawn, h, c
+        d = self._draw
+        self._draw = SampleNext(d.temperature, d.top_k, d.top_p, d.seed, d.index + 1)
+        self._remaining -= 1
+        self.computed += 1
+        finish: FinishReason | None = None
+        if self._stop.feed(self.chars[token]) is not None:
+            finish = "stop"
+        elif self._remaining == 0:
+            finish = "length"
+        if finish is not None:
+            self._remaining = 0
+        return RowStep(self, token, h, c, finish)
+
+    @property
+    def cursor_ended(self) -> bool:
+        return self._remaining <= 0
 
     @property
     def matched(self) -> str | None:
         return self._stop.matched
 
-    def advance(self, drawn: int, h: np.ndarray, c: np.ndarray, position: int, version: int | None) -> None:
-        """The step that fed `next_token` is written: hand that token out, and move on to the one it drew."""
-        token = self.next_token
-        self.ready.append(Emitted(token, position, h, c, version, time.perf_counter()))
-        self.h, self.c, self.position, self.version = h, c, position, version
-        self.next_token = drawn
-        d = self._draw
-        self._draw = SampleNext(d.temperature, d.top_k, d.top_p, d.seed, d.index + 1)
-        self.remaining -= 1
-        if self._stop.feed(self.chars[token]) is not None:
-            self.finish = "stop"
-        elif self.remaining == 0:
-            self.finish = "length"
+    # ---- the event loop --------------------------------------------------------------------------------------
+    @property
+    def ended(self) -> bool:
+        return self.finish is not None or self.error is not None
+
+    def advance(self, step: RowStep, position: int, version: int | None) -> None:
+        """The step is written: hand its token out."""
+        self.ready.append(Emitted(step.token, position, step.h, step.c, version, time.perf_counter()))
+        self.position, self.version = position, version
+        if step.finish is not None:
+            self.finish = step.finish
         self._wake.set()
 
     def fail(self, exc: BaseException) -> None:
@@ -126,14 +162,13 @@ class StreamRow:
         self._wake.set()
 
     def claim(self) -> None:
-        """The batcher queued a step of the row."""
-        self.busy = True
+        """The engine has the row."""
         self._idle.clear()
 
     def settle(self) -> None:
-        """The batcher let go of the row: no step of it is queued, running or being written."""
-        self.busy = False
+        """The engine let go of the row: nothing of it is queued, running or being written."""
         self._idle.set()
+        self._wake.set()
 
     async def idle(self) -> None:
         await self._idle.wait()
@@ -150,7 +185,7 @@ class StreamRow:
             await self._wake.wait()
         out = list(self.ready)
         self.ready.clear()
-        resume, self.on_taken = self.on_taken, None
-        if resume is not None:
-            resume()
+        self.taken += len(out)
+        if self.resume is not None:
+            self.resume(self)
         return out

@@ -14,6 +14,7 @@ from service.app import Serving
 from service.engine.engine import Engine
 from service.engine.generation import Finished, GenerationParams, Generator, Token
 from service.engine.ort import OnnxRuntime
+from service.engine.streams import STREAM_WINDOW
 from service.errors import InvalidInput, SessionNotFound
 from service.metrics import Metrics
 from tests.service.conftest import SettingsFactory
@@ -163,6 +164,34 @@ async def test_closing_at_an_unconfirmed_token_rolls_it_back(engine: Engine, gen
     whole = await engine.predict(text=PROMPT + sent + "e", top_k=3)
     assert [t.id for t in after.next] == [t.id for t in whole.next]
     assert engine.metrics.streams_in_progress._value.get() == 0
+
+
+async def test_a_stream_runs_at_most_a_window_ahead_and_keeps_only_what_was_sent(
+    engine: Engine, generator: Generator
+) -> None:
+    """The engine runs a stream's steps without waiting for its consumer, but at most STREAM_WINDOW tokens
+    ahead; a consumer that stops puts the session back at the last group it confirmed (by asking for the next)."""
+    record, _ = await engine.create_session(text=PROMPT)
+    sid = record.session_id
+    params = generator.params(max_tokens=500, temperature=0.8, seed=5)
+    plan = await generator.prepare(params, session_id=sid)
+    async with aclosing(generator.stream_groups(plan)) as groups:
+        first = await anext(groups)
+        await asyncio.sleep(0.3)  # the consumer lags: the engine fills the window, then parks the row
+        ahead = (await engine.get_session(sid)).position - len(PROMPT)
+        assert len(first) < ahead <= len(first) + STREAM_WINDOW
+        second = await anext(groups)  # confirms the first group, and the engine goes on
+        assert 0 < len(second) <= STREAM_WINDOW + 1
+    # The second group was handed out but never confirmed: the session keeps exactly the first.
+    assert (await engine.get_session(sid)).position == len(PROMPT) + len(first)
+    sent = "".join(t.token for t in first if isinstance(t, Token))
+    after = await engine.session_predict(sid, text="e", top_k=3)
+    whole = await engine.predict(text=PROMPT + sent + "e", top_k=3)
+    assert [t.id for t in after.next] == [t.id for t in whole.next]
+    # And the tokens are those of the same generation consumed without lag.
+    fresh, _ = await engine.create_session(text=PROMPT)
+    alone = await generator.run(await generator.prepare(params, session_id=fresh.session_id))
+    assert [t.id for t in [*first, *second] if isinstance(t, Token)] == list(alone.tokens[: len(first) + len(second)])
 
 
 async def test_a_step_cancelled_while_its_batch_runs_writes_nothing(serving: Serving) -> None:
