@@ -105,14 +105,23 @@ class Server:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
+        """SIGTERM to the server's whole process group, SIGKILL after 15 s; then SIGKILL to whatever of the group
+        is left. A server's own children (LitServe's worker processes) would otherwise outlive it, spinning on
+        their queues and taking CPU from every later measurement."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            _signal_group(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                _signal_group(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        _signal_group(self.proc.pid, signal.SIGKILL)
         self._log.close()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
 
 
 def start(spec: ServerSpec, log_dir: Path) -> Server:
@@ -120,7 +129,14 @@ def start(spec: ServerSpec, log_dir: Path) -> Server:
     port = free_port()
     log_path = log_dir / f"{spec.name}.log"
     log = log_path.open("wb")
-    proc = subprocess.Popen(spec.command(port), cwd=ROOT, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        spec.command(port),
+        cwd=ROOT,
+        env=clean_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: `stop` ends its children with it
+    )
     return Server(spec, port, proc, log_path, log)
 
 
