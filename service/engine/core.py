@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.engine.ort import OnnxRuntime
-from service.engine.sampling import SamplingBatch, sample
+from service.engine.sampling import FEW_ROWS, SamplingBatch, sample, sample_row
 from service.engine.streams import RowStep, StreamRow
 from service.engine.topk import top_k_rows
 from service.engine.work import WorkItem
@@ -52,6 +52,30 @@ def staircase(
 
     Returns per row its logits ((T_i, V) or the last (V,)) and the final hn, cn (L, B, H).
     """
+    out, _, hn, cn = _run_model(runtime, rows, h, c, all_logits, metrics)
+    return out, hn, cn
+
+
+def _run_model(
+    runtime: OnnxRuntime,
+    rows: Sequence[np.ndarray],
+    h: np.ndarray,
+    c: np.ndarray,
+    all_logits: Sequence[bool],
+    metrics: Metrics | None,
+) -> tuple[list[np.ndarray], np.ndarray | None, np.ndarray, np.ndarray]:
+    """`staircase`, plus the (B, V) block of every row's last logits when the batch ran as one block (rows of one
+    length, none asking for all positions: generation and one-character steps), so post-processing needs no
+    re-stacking."""
+    length = len(rows[0])
+    if not any(all_logits) and all(len(r) == length for r in rows):
+        t0 = time.perf_counter()
+        ids = rows[0][None] if len(rows) == 1 else np.stack(rows)  # (B, T)
+        logits, hn, cn = runtime.run(ids, h, c)
+        if metrics is not None:
+            metrics.inference_latency.observe(time.perf_counter() - t0)
+        last = logits[:, -1]  # (B, V)
+        return list(last), last, hn, cn
     lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     pieces: list[list[np.ndarray]] = [[] for _ in rows]
     done = 0
@@ -75,7 +99,7 @@ def staircase(
                 pieces[i].append(logits[j, -1])  # (V,): this row's last position
         done = length
     out = [np.concatenate(p) if all_logits[i] else p[0] for i, p in enumerate(pieces)]
-    return out, h, c
+    return out, None, h, c
 
 
 @dataclass(slots=True)
@@ -117,6 +141,7 @@ class EngineCore:
         self._draining = False  # rows are let go at their next turn; other steps still run
         self._stopping = False  # the thread ends once the queue is empty
         self._thread = threading.Thread(target=self._run, name="lstm-serve-engine", daemon=True)
+        self._zero = np.zeros((runtime.layers, runtime.hidden), dtype=np.float32)  # a fresh row's h and c
         self.batches = 0
 
     @property
@@ -172,14 +197,17 @@ class EngineCore:
 
     @staticmethod
     def _row_item(row: StreamRow) -> WorkItem:
-        item = WorkItem(
-            ids=np.array([row.next_token], dtype=np.int64),
-            session_id=row.session_id,
-            kind="generated",
-            sample_next=row.sample_next(),
-            state=(row.h, row.c),
-        )
-        item.stream = row
+        """The row's next step. A row has one work item, reused step after step (only this thread touches it)."""
+        item = row.work
+        if item is None:
+            item = row.work = WorkItem(
+                ids=np.array([row.next_token], dtype=np.int64), session_id=row.session_id, kind="generated"
+            )
+            item.stream = row
+        item.ids[0] = row.next_token
+        item.sample_next = row.sample_next()
+        item.state = (row.h, row.c)
+        item.token = None
         item.enqueued_at = time.monotonic()
         return item
 
@@ -248,32 +276,28 @@ class EngineCore:
         for item in batch:
             if not item.fed:  # a continuing chunk waited behind the others on purpose
                 self.metrics.queue_wait.observe(started - item.enqueued_at)
-        layers, hidden = self.runtime.layers, self.runtime.hidden
-        h = np.zeros((layers, len(batch), hidden), dtype=np.float32)  # (L, B, H)
-        c = np.zeros((layers, len(batch), hidden), dtype=np.float32)
-        for i, item in enumerate(batch):
-            if item.state is not None:
-                h[:, i], c[:, i] = item.state
+        h, c = self._states(batch)
         rows = [self._chunk(item) for item in batch]
         final = [item.fed + len(row) == len(item.ids) for item, row in zip(batch, rows, strict=True)]
         self.batches += 1
         self.metrics.batch_size.observe(len(batch))
-        logits, hn, cn = staircase(self.runtime, rows, h, c, [item.all_logits for item in batch], self.metrics)
+        all_logits = [item.all_logits for item in batch]
+        logits, block, hn, cn = _run_model(self.runtime, rows, h, c, all_logits, self.metrics)
         self._count_tokens(batch, rows)
-        self._post_process(batch, final, logits)
+        self._post_process(batch, final, logits, block)
         out.h, out.c = hn, cn
+        # (B, L, H): one copy for the batch, so each row's state after it is a contiguous (L, H) view
+        h_rows, c_rows = hn.transpose(1, 0, 2).copy(), cn.transpose(1, 0, 2).copy()
         again: list[WorkItem] = []
         for i, item in enumerate(batch):
             row = item.stream
             if row is not None:
                 assert item.token is not None
-                # (L, H) copies: the row's next input and its undo point; the batch's arrays are not kept alive
-                step = row.step_done(item.token, hn[:, i].copy(), cn[:, i].copy())
-                out.rows.append(step)
+                out.rows.append(row.step_done(item.token, h_rows[i], c_rows[i]))  # its next input and undo point
                 again.append(item)
             elif not final[i]:
                 item.fed += len(rows[i])
-                item.state = (hn[:, i].copy(), cn[:, i].copy())  # (L, H) each: where the next chunk starts
+                item.state = (h_rows[i], c_rows[i])  # (L, H) each: where the next chunk starts
                 if item.all_logits:
                     item.pieces.append(logits[i])
                 again.append(item)
@@ -307,10 +331,29 @@ class EngineCore:
         for kind, count in fed.items():
             self.metrics.tokens.labels(kind).inc(count)
 
-    def _post_process(self, batch: list[WorkItem], final: list[bool], logits: list[np.ndarray]) -> None:
-        """Sampling and top-k for every finishing row, in one call each over the batch."""
+    def _states(self, batch: list[WorkItem]) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's input states h, c (L, B, H); a fresh row starts from zeros."""
+        if len(batch) == 1 and batch[0].state is not None:
+            h1, c1 = batch[0].state
+            return h1[:, None], c1[:, None]  # (L, 1, H) views: nothing to gather for one row
+        zero = self._zero
+        h = np.stack([zero if item.state is None else item.state[0] for item in batch], axis=1)
+        c = np.stack([zero if item.state is None else item.state[1] for item in batch], axis=1)
+        return h, c
+
+    def _post_process(
+        self, batch: list[WorkItem], final: list[bool], logits: list[np.ndarray], block: np.ndarray | None
+    ) -> None:
+        """Sampling and top-k for every finishing row, in one call each over the batch (`block`: every row's last
+        logits (B, V) when the batch ran as one block)."""
         drawing = [i for i, item in enumerate(batch) if final[i] and item.sample_next is not None]
-        if drawing:
+        if 0 < len(drawing) <= FEW_ROWS:  # per row, no parameter arrays to build
+            for i in drawing:
+                d = batch[i].sample_next
+                assert d is not None
+                x = logits[i] if logits[i].ndim == 1 else logits[i][-1]
+                batch[i].token = sample_row(x, d.temperature, d.top_k, d.top_p, d.seed, d.index)
+        elif drawing:
             draws = [batch[i].sample_next for i in drawing]
             params = SamplingBatch.from_rows(
                 [d.temperature for d in draws if d is not None],
@@ -319,7 +362,10 @@ class EngineCore:
                 [d.seed for d in draws if d is not None],
                 [d.index for d in draws if d is not None],
             )
-            last = np.stack([logits[i] if logits[i].ndim == 1 else logits[i][-1] for i in drawing])  # (n, V)
+            if block is not None and len(drawing) == len(batch):
+                last = block  # (B, V): every row draws
+            else:
+                last = np.stack([logits[i] if logits[i].ndim == 1 else logits[i][-1] for i in drawing])  # (n, V)
             for i, token in zip(drawing, sample(last, params).tolist(), strict=True):
                 batch[i].token = token
         asking = [i for i, item in enumerate(batch) if final[i] and item.top_k > 0]

@@ -127,7 +127,7 @@ def counter_uniform(seed: np.ndarray, step: np.ndarray) -> np.ndarray:
     """
     seed = np.asarray(seed, dtype=np.uint64)
     step = np.asarray(step, dtype=np.int64).astype(np.uint64)
-    if seed.shape[0] <= _FEW_ROWS:  # a dozen NumPy calls cost more than Python integers for a few rows
+    if seed.shape[0] <= FEW_ROWS:  # a dozen NumPy calls cost more than Python integers for a few rows
         draws = [_uniform_one(int(s), int(t)) for s, t in zip(seed.tolist(), step.tolist(), strict=True)]
         return np.array(draws, dtype=np.float64)
     with np.errstate(over="ignore"):  # uint64 arithmetic is meant to wrap modulo 2**64
@@ -136,7 +136,7 @@ def counter_uniform(seed: np.ndarray, step: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-_FEW_ROWS = 8
+FEW_ROWS = 8  # up to this many rows, per-row work on Python values beats the batch arrays
 _MASK = (1 << 64) - 1
 
 
@@ -165,7 +165,7 @@ def sample(logits: np.ndarray, params: SamplingBatch) -> np.ndarray:
     batch, vocab = x.shape
     if len(params) != batch:
         raise ValueError(f"{len(params)} rows of sampling parameters for {batch} rows of logits")
-    if batch <= _FEW_ROWS:  # one stream, or a few: per-row 1-D work is cheaper than the batch's 2-D calls
+    if batch <= FEW_ROWS:  # one stream, or a few: per-row 1-D work is cheaper than the batch's 2-D calls
         rows = zip(
             params.temperature.tolist(),
             params.top_k.tolist(),
@@ -174,7 +174,7 @@ def sample(logits: np.ndarray, params: SamplingBatch) -> np.ndarray:
             params.step.tolist(),
             strict=True,
         )
-        return np.array([_sample_row(x[i], *row) for i, row in enumerate(rows)], dtype=np.int64)
+        return np.array([sample_row(x[i], *row) for i, row in enumerate(rows)], dtype=np.int64)
     greedy_ids: np.ndarray = np.argmax(x, axis=1).astype(np.int64)  # (batch,)
     sampling_rows = params.temperature > 0  # (batch,)
     if not sampling_rows.any():  # an all-greedy batch needs no sort
@@ -203,7 +203,7 @@ def sample(logits: np.ndarray, params: SamplingBatch) -> np.ndarray:
     return ids
 
 
-def _sample_row(x: np.ndarray, temperature: float, top_k: int, top_p: float, seed: int, step: int) -> int:
+def sample_row(x: np.ndarray, temperature: float, top_k: int, top_p: float, seed: int, step: int) -> int:
     """`sample` for one row of logits (vocab,): the same operations in the same order, so the same token."""
     if temperature <= 0:
         return int(np.argmax(x))

@@ -27,12 +27,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from service.engine.sampling import StopMatcher
 from service.engine.steps import SampleNext
+
+if TYPE_CHECKING:
+    from service.engine.work import WorkItem
 
 FinishReason = Literal["length", "stop"]
 STREAM_WINDOW = 16  # tokens a stream may run ahead of its consumer: enough to fill an SSE write when the client
@@ -91,6 +94,7 @@ class StreamRow:
         self._stop = stop
         self.computed = 0  # tokens fed so far
         self.parked = False  # waiting for its consumer (a full window); under the engine thread's lock
+        self.work: WorkItem | None = None  # the engine thread's: the work item it reuses for the row's steps
         # The event loop's side.
         self.position, self.version = position, version
         self.ready: deque[Emitted] = deque()
