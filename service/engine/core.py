@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from service.engine.topk import top_k_rows
 from service.engine.work import WorkItem
 from service.errors import Draining
 from service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +146,7 @@ class EngineCore:
         self._stopping = False  # the thread ends once the queue is empty
         self._thread = threading.Thread(target=self._run, name="lstm-serve-engine", daemon=True)
         self._zero = np.zeros((runtime.layers, runtime.hidden), dtype=np.float32)  # a fresh row's h and c
+        self._token_counters: dict[str, Counter] = {}  # the tokens counter's child per kind, looked up once
         self.batches = 0
 
     @property
@@ -286,8 +291,10 @@ class EngineCore:
         self._count_tokens(batch, rows)
         self._post_process(batch, final, logits, block)
         out.h, out.c = hn, cn
-        # (B, L, H): one copy for the batch, so each row's state after it is a contiguous (L, H) view
-        h_rows, c_rows = hn.transpose(1, 0, 2).copy(), cn.transpose(1, 0, 2).copy()
+        carried = any(item.stream is not None or not final[i] for i, item in enumerate(batch))
+        # (B, L, H): one copy for the batch, so each carried row's state after it is a contiguous (L, H) view
+        h_rows = hn.transpose(1, 0, 2).copy() if carried else hn
+        c_rows = cn.transpose(1, 0, 2).copy() if carried else cn
         again: list[WorkItem] = []
         for i, item in enumerate(batch):
             row = item.stream
@@ -310,7 +317,9 @@ class EngineCore:
     def _requeue(self, again: list[WorkItem], out: Batch) -> None:
         """Continuing chunks go behind what waits now (fair to the others); rows queue their next step, park on a
         full window, or are let go when they have ended or stopped."""
-        with self._lock:
+        if not again:
+            return
+        with self._lock:  # no notify: this thread is the only one that waits on the queue
             for item in again:
                 row = item.stream
                 if row is None:
@@ -321,15 +330,16 @@ class EngineCore:
                     self._parked.add(row)
                 else:
                     self._queue.append(self._row_item(row))
-            if again:
-                self._lock.notify()
 
     def _count_tokens(self, batch: list[WorkItem], rows: list[np.ndarray]) -> None:
         fed: dict[str, int] = {}
         for item, row in zip(batch, rows, strict=True):  # one counter update per kind, not one lookup per row
             fed[item.kind] = fed.get(item.kind, 0) + len(row)
         for kind, count in fed.items():
-            self.metrics.tokens.labels(kind).inc(count)
+            counter = self._token_counters.get(kind)
+            if counter is None:
+                counter = self._token_counters[kind] = self.metrics.tokens.labels(kind)
+            counter.inc(count)
 
     def _states(self, batch: list[WorkItem]) -> tuple[np.ndarray, np.ndarray]:
         """The batch's input states h, c (L, B, H); a fresh row starts from zeros."""
