@@ -5,6 +5,7 @@ it, the same text replayed into a fresh session, two replicas on one Redis, and 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 
 import httpx
 import numpy as np
@@ -37,6 +38,21 @@ def replay(client: httpx.Client, text: str) -> tuple[int, np.ndarray]:
     for ch in text:
         assert client.post(f"/v1/sessions/{sid}/predict", json={"text": ch}).status_code == 200
     return state_of(client, sid)
+
+
+def replay_prefixes(client: httpx.Client, text: str, positions: Iterable[int]) -> dict[int, tuple[int, np.ndarray]]:
+    """`replay` of every prefix text[:p], p in `positions`, from one fresh session fed `text` one character per
+    request: its position and state are read as it passes each p (sessions that stepped through prefixes of the
+    same text are checked against one replay instead of one replay each)."""
+    sid = client.post("/v1/sessions", json={}).json()["session_id"]
+    out: dict[int, tuple[int, np.ndarray]] = {}
+    fed = 0
+    for p in sorted(set(positions)):
+        for ch in text[fed:p]:
+            assert client.post(f"/v1/sessions/{sid}/predict", json={"text": ch}).status_code == 200
+        fed = p
+        out[p] = state_of(client, sid)
+    return out
 
 
 def no_unhandled_errors(*servers: ServerProcess) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.process import Launch, ServerProcess
-from tests.e2e.support import TEXT, no_unhandled_errors, replay, state_of
+from tests.e2e.support import TEXT, no_unhandled_errors, replay_prefixes, state_of
 
 pytestmark = pytest.mark.e2e
 
@@ -89,11 +89,14 @@ def test_sigkill_under_20_stepping_clients_loses_no_acknowledged_step(launch: La
     assert replayed and replayed[0]["sessions"] == CLIENTS, replayed
     lost = 0
     with second.client(timeout=30) as client:
+        restored = {s.sid: state_of(client, s.sid) for s in steppers}
+        # Every session stepped through a prefix of LONG_TEXT: one replay gives the state of each prefix.
+        replays = replay_prefixes(client, LONG_TEXT, [position for position, _ in restored.values()])
         for s in steppers:
-            position, state = state_of(client, s.sid)
+            position, state = restored[s.sid]
             lost += max(0, s.acked - position)
             assert s.acked <= position <= s.acked + int(s.in_flight), (s.sid, s.acked, position)
-            replay_position, replay_state = replay(client, LONG_TEXT[:position])
+            replay_position, replay_state = replays[position]
             assert replay_position == position
             np.testing.assert_allclose(state, replay_state, rtol=0, atol=1e-6)
     print(f"SIGKILL in durable mode: {acknowledged} steps acknowledged by {CLIENTS} clients, {lost} lost")
