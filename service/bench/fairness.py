@@ -63,7 +63,7 @@ def measure(url: str, seconds: float, seed: int = 0) -> dict[str, Any]:
 
 
 def scenario_fairness(ctx: Context) -> dict[str, Any]:
-    seconds = 2.0 if ctx.plan.short else 10.0
+    seconds = 1.0 if ctx.plan.short else 10.0
     out: dict[str, Any] = {"long_clients": LONG_CLIENTS, "long_chars": LONG_CHARS, "seconds": seconds}
     for name in ("main", "unchunked"):
         if ctx.has(name):
