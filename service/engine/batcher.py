@@ -342,6 +342,8 @@ class Batcher:
         """A generation step: the token goes to its row once written (stopped rows write and get nothing)."""
         row = step.row
         if not row.runnable:
+            if isinstance(outcome, SessionRecord):  # stopped while a (remote) write was in flight: it landed, so
+                row.position, row.version = outcome.position, outcome.version  # the rollback compares on it
             return
         if isinstance(outcome, VersionConflict):  # written by someone else (another replica) meanwhile
             row.fail(PositionConflict(outcome.session_id, row.position, outcome.actual_position))

@@ -6,17 +6,22 @@ from __future__ import annotations
 import asyncio
 import threading
 from contextlib import aclosing
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from service.app import Serving
+from service.engine.config import EngineConfig
 from service.engine.engine import Engine
 from service.engine.generation import Finished, GenerationParams, Generator, Token
 from service.engine.ort import OnnxRuntime
 from service.engine.streams import STREAM_WINDOW
-from service.errors import InvalidInput, SessionNotFound
+from service.errors import EngineError, InvalidInput, SessionNotFound
 from service.metrics import Metrics
+from service.state.memory import MemoryStateStore
+from service.state.store import SessionRecord
 from tests.service.conftest import SettingsFactory
 
 PROMPT = "ROMEO:\nBut soft"
@@ -192,6 +197,32 @@ async def test_a_stream_runs_at_most_a_window_ahead_and_keeps_only_what_was_sent
     fresh, _ = await engine.create_session(text=PROMPT)
     alone = await generator.run(await generator.prepare(params, session_id=fresh.session_id))
     assert [t.id for t in [*first, *second] if isinstance(t, Token)] == list(alone.tokens[: len(first) + len(second)])
+
+
+async def test_a_stream_stopped_while_its_write_is_in_flight_keeps_what_was_sent(tiny_model_path: Path) -> None:
+    """A remote store's write takes a while: a consumer that stops meanwhile still leaves its session at exactly
+    the tokens it confirmed, the landed write included in the rollback's compare-and-set."""
+
+    class RemoteLikeStore(MemoryStateStore):
+        async def save_many(self, *args: Any) -> list[SessionRecord | EngineError]:
+            await asyncio.sleep(0.002)  # the round trip to a store on another machine
+            return await super().save_many(*args)
+
+    runtime = OnnxRuntime(tiny_model_path, "cpu")
+    engine = Engine(EngineConfig(max_batch_size=8), Metrics())
+    await engine.start(runtime, RemoteLikeStore(runtime.layers, runtime.hidden, 16))
+    try:
+        generator = Generator(engine)
+        for seed in range(6):
+            record, _ = await engine.create_session(text=PROMPT)
+            plan = await generator.prepare(generator.params(max_tokens=200, seed=seed), session_id=record.session_id)
+            async with aclosing(generator.stream_groups(plan)) as groups:
+                first = await anext(groups)
+                await anext(groups)  # confirms the first group; this one is never confirmed
+                await asyncio.sleep(0.001 * seed)  # stop at different points of the next write
+            assert (await engine.get_session(record.session_id)).position == len(PROMPT) + len(first)
+    finally:
+        await engine.drain()
 
 
 async def test_a_step_cancelled_while_its_batch_runs_writes_nothing(serving: Serving) -> None:
