@@ -93,7 +93,6 @@ class StreamRow:
         self._remaining = max_tokens  # tokens still to feed
         self._stop = stop
         self.computed = 0  # tokens fed so far
-        self.parked = False  # waiting for its consumer (a full window); under the engine thread's lock
         self.work: WorkItem | None = None  # the engine thread's: the work item it reuses for the row's steps
         # The event loop's side.
         self.position, self.version = position, version
