@@ -80,8 +80,8 @@ class Settings(BaseSettings):
         gt=0,
         le=100,
         description="CPython's GIL switch interval for the server process (CPython's default is 5 ms): how long the "
-        "ONNX Runtime worker thread can wait for the GIL after a run while the event loop holds it. Against 5 ms the "
-        "benchmark measured 1.14-1.25x tokens/s for one stream, 0.99-1.14x for 64 (docs/benchmarks).",
+        "engine thread (ONNX Runtime, batching) can wait for the GIL after a run while the event loop holds it. "
+        "Against 5 ms the benchmark measured 1.14-1.25x tokens/s for one stream, 0.99-1.14x for 64 (docs/benchmarks).",
     )
 
     # HTTP

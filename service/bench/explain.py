@@ -95,7 +95,7 @@ def why(target: dict[str, Any], results: dict[str, Any], compare_at: int) -> str
         return (
             f"Beyond the no-op route's p50 ({b['latency_ms']['p50']:.2f} ms) and the raw step "
             f"({step['step_ms']:.2f} ms), the served predict spends {extra:.2f} ms per request (allowed: 0.4 ms) in "
-            f"the engine's own per-request work (queueing, the hop to the ONNX Runtime thread and back, state "
+            f"the engine's own per-request work (queueing, the hops to the engine thread and back, state "
             f"gather/scatter, top-k, the response); {_cpu(a)}.{_inside(a, step['step_ms'])}"
         )
     if name.startswith("predict_") and name.endswith("_throughput"):

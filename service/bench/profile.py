@@ -1,8 +1,8 @@
 """Where the time goes: py-spy attached to a server process while a load point runs, summarised to top frames.
 
 py-spy samples every thread of the running server from outside (no change to it, `--nonblocking` so it is
-not paused), which shows the event loop and the ONNX Runtime worker thread side by side. Without py-spy
-installed the report says so instead of a profile.
+not paused), which shows the event loop and the engine thread (batching and ONNX Runtime) side by side. Without
+py-spy installed the report says so instead of a profile.
 """
 
 from __future__ import annotations

@@ -114,8 +114,8 @@ def section_missed(results: dict[str, Any]) -> list[str]:
         f"Context for every miss below: the server, the load process and the raw-limit probe share "
         f"{m['logical_cores']} cores with whatever else runs on the machine; this run could get "
         f"{m.get('cores_available_at_start')} cores at its start and {m.get('cores_available_at_end')} at its "
-        "end. The server is one Python process: its event loop and its ONNX Runtime worker thread together "
-        "can use at most the cores the machine leaves it.",
+        "end. The server is one Python process: its event loop and its engine thread (batching and ONNX Runtime) "
+        "together can use at most the cores the machine leaves it.",
         "",
     ]
     for t in missed:
