@@ -26,7 +26,6 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
@@ -34,6 +33,12 @@ from service.api import sessions
 from service.api.access import owned_session_id
 from service.api.deps import get_engine
 from service.api.schemas import PlainPredict, plain_session_predict
+
+try:  # Starlette's private helper that routes use to answer errors with the app's handlers: the dependencies are
+    # not pinned, so a Starlette without it must not break the server; the fast path then stands aside.
+    from starlette._exception_handler import wrap_app_handling_exceptions
+except ImportError:  # pragma: no cover - depends on the installed Starlette
+    wrap_app_handling_exceptions = None  # type: ignore[assignment]
 
 PATH = re.compile(r"/v1/sessions/([^/]+)/predict")  # the route's `{id}`: Starlette's str convertor, [^/]+
 MAX_ID = 256  # access.SessionPath's max_length
@@ -98,6 +103,8 @@ class FastPredict:
         return self._usable and not app.dependency_overrides
 
     def _serves_route(self, app: Any) -> bool:
+        if wrap_app_handling_exceptions is None:
+            return False
         if not isinstance(app, FastAPI) or getattr(app.state, "registry", None) is None:
             return False
         settings = getattr(app.state, "settings", None)
@@ -121,6 +128,7 @@ class FastPredict:
             response = await sessions.predict_answer(await get_engine(request), checked, plain)
             await response(scope, receive, send)
 
+        assert wrap_app_handling_exceptions is not None  # _serves_route checked it
         await wrap_app_handling_exceptions(answer, request)(scope, receive, send)
 
     async def _read(self, receive: Receive) -> tuple[list[Message], bytes | None]:
