@@ -276,13 +276,7 @@ class Batcher:
         steps = [s for s in batch.rows if s.row.session_id is not None and s.row.runnable]
         if not items and not steps:
             return {}
-        assert batch.h is not None and batch.c is not None
-        cols = [batch.index[id(item)] for item in items]
-        h = batch.h[:, cols]  # (L, n, H)
-        c = batch.c[:, cols]
-        if steps:
-            h = np.concatenate([h, np.stack([s.h for s in steps], axis=1)], axis=1)
-            c = np.concatenate([c, np.stack([s.c for s in steps], axis=1)], axis=1)
+        h, c = self._written_states(batch, items, steps)  # (L, n, H) each
         ids: list[str] = []
         positions: list[int] = []
         versions: list[int] = []
@@ -302,6 +296,25 @@ class Batcher:
         written = dict(zip(keys, results, strict=True))
         await self._undo_abandoned(items, written)
         return written
+
+    @staticmethod
+    def _written_states(batch: Batch, items: list[WorkItem], steps: list[RowStep]) -> tuple[np.ndarray, np.ndarray]:
+        """h, c (L, n, H) of the finished items, then of the generation steps, in that order."""
+        if len(steps) == 1 and not items:  # one stream: its (L, H) state as an (L, 1, H) view
+            return steps[0].h[:, None], steps[0].c[:, None]
+        parts_h: list[np.ndarray] = []
+        parts_c: list[np.ndarray] = []
+        if items:
+            assert batch.h is not None and batch.c is not None
+            cols = [batch.index[id(item)] for item in items]
+            parts_h.append(batch.h[:, cols])
+            parts_c.append(batch.c[:, cols])
+        if steps:
+            parts_h.append(np.stack([s.h for s in steps], axis=1))
+            parts_c.append(np.stack([s.c for s in steps], axis=1))
+        if len(parts_h) == 1:
+            return parts_h[0], parts_c[0]
+        return np.concatenate(parts_h, axis=1), np.concatenate(parts_c, axis=1)
 
     async def _undo_abandoned(self, items: Sequence[WorkItem], written: dict[int, SessionRecord | EngineError]) -> None:
         """Put back the states read for steps whose caller gave up while a (remote) store's write was in flight."""

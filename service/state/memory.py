@@ -368,8 +368,6 @@ class MemoryStateStore(StateStore):
     async def load_many(self, session_ids: Sequence[str]) -> LoadedStates:
         now = self._clock()
         batch = len(session_ids)
-        h = np.zeros((self.layers, batch, self.hidden), dtype=np.float32)  # (layers, batch, hidden)
-        c = np.zeros((self.layers, batch, self.hidden), dtype=np.float32)
         records: list[SessionRecord | EngineError] = []
         rows: list[int] = []
         slots: list[int] = []
@@ -381,6 +379,12 @@ class MemoryStateStore(StateStore):
             records.append(self._record(found))
             rows.append(row)
             slots.append(found)
+        if len(rows) == batch:  # every session found: the gather is the answer, (n, L, H) seen as (L, n, H)
+            return LoadedStates(
+                h=self._h[slots].transpose(1, 0, 2), c=self._c[slots].transpose(1, 0, 2), records=records
+            )
+        h = np.zeros((self.layers, batch, self.hidden), dtype=np.float32)  # (layers, batch, hidden)
+        c = np.zeros((self.layers, batch, self.hidden), dtype=np.float32)
         if rows:
             # (n, layers, hidden) -> (layers, n, hidden): the gather and the transpose in one copy
             h[:, rows] = self._h[slots].transpose(1, 0, 2)
@@ -418,8 +422,10 @@ class MemoryStateStore(StateStore):
             rows.append(row)
             slots.append(found)
         if rows:
-            self._h[slots] = h[:, rows].transpose(1, 0, 2)  # (layers, n, hidden) -> (n, layers, hidden)
-            self._c[slots] = c[:, rows].transpose(1, 0, 2)
+            if len(rows) < batch:  # some rows were refused: only the others are written
+                h, c = h[:, rows], c[:, rows]
+            self._h[slots] = h.transpose(1, 0, 2)  # (layers, n, hidden) -> (n, layers, hidden)
+            self._c[slots] = c.transpose(1, 0, 2)
             if self._journal is not None:
                 for slot in slots:
                     self._journal_put(jn.SAVE, slot)
