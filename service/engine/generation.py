@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.engine.sampling import InvalidSamplingParams, SamplingBatch, StopMatcher, sample, validate_params
+from service.engine.sampling import InvalidSamplingParams, StopMatcher, sample_row, validate_params
 from service.engine.steps import SampleNext, StepResult
 from service.engine.streams import Emitted, FinishReason, StreamRow
 from service.errors import InvalidInput, TooManyStreams
@@ -402,8 +402,8 @@ class _Run:
             record, h, c = await lease.read(expected_position=plan.expected_position)
             position, version = record.position, record.version
         logits = await engine.head_logits(h[-1:])  # (1, V): the top layer's h through the head
-        draw = SamplingBatch.from_rows([first.temperature], [first.top_k], [first.top_p], [first.seed], [first.index])
-        return _Cursor(int(sample(logits, draw)[0]), h, c, position, version)
+        token = sample_row(logits[0], first.temperature, first.top_k, first.top_p, first.seed, first.index)
+        return _Cursor(token, h, c, position, version)
 
 
 def _draw(params: GenerationParams, index: int) -> SampleNext:
