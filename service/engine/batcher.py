@@ -299,22 +299,13 @@ class Batcher:
 
     @staticmethod
     def _written_states(batch: Batch, items: list[WorkItem], steps: list[RowStep]) -> tuple[np.ndarray, np.ndarray]:
-        """h, c (L, n, H) of the finished items, then of the generation steps, in that order."""
-        if len(steps) == 1 and not items:  # one stream: its (L, H) state as an (L, 1, H) view
-            return steps[0].h[:, None], steps[0].c[:, None]
-        parts_h: list[np.ndarray] = []
-        parts_c: list[np.ndarray] = []
-        if items:
-            assert batch.h is not None and batch.c is not None
-            cols = [batch.index[id(item)] for item in items]
-            parts_h.append(batch.h[:, cols])
-            parts_c.append(batch.c[:, cols])
-        if steps:
-            parts_h.append(np.stack([s.h for s in steps], axis=1))
-            parts_c.append(np.stack([s.c for s in steps], axis=1))
-        if len(parts_h) == 1:
-            return parts_h[0], parts_c[0]
-        return np.concatenate(parts_h, axis=1), np.concatenate(parts_c, axis=1)
+        """h, c (L, n, H) of the finished items, then of the generation steps, in that order: the batch's own
+        outputs when that is every column in order (streams in their steady state), else one gather."""
+        assert batch.h is not None and batch.c is not None
+        cols = [batch.index[id(item)] for item in items] + [batch.index[id(step)] for step in steps]
+        if len(cols) == batch.h.shape[1] and cols == list(range(len(cols))):
+            return batch.h, batch.c
+        return batch.h[:, cols], batch.c[:, cols]
 
     async def _undo_abandoned(self, items: Sequence[WorkItem], written: dict[int, SessionRecord | EngineError]) -> None:
         """Put back the states read for steps whose caller gave up while a (remote) store's write was in flight."""

@@ -21,6 +21,7 @@ row; the staircase never does.
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from collections import deque
@@ -146,6 +147,7 @@ class EngineCore:
         self._stopping = False  # the thread ends once the queue is empty
         self._thread = threading.Thread(target=self._run, name="lstm-serve-engine", daemon=True)
         self._zero = np.zeros((runtime.layers, runtime.hidden), dtype=np.float32)  # a fresh row's h and c
+        self._carried: tuple[list[WorkItem], np.ndarray, np.ndarray] | None = None  # see _run_batch
         self._token_counters: dict[str, Counter] = {}  # the tokens counter's child per kind, looked up once
         self.batches = 0
 
@@ -228,6 +230,7 @@ class EngineCore:
                     self._run_batch(batch, out)
                 except Exception as exc:  # a bug: fail this batch, keep serving the next ones
                     log.exception("batch of %d failed", len(batch))
+                    self._carried = None
                     out.error = exc
                     out.finished = [item for item in batch if item.stream is None]
                     out.released += [(item.stream, exc) for item in batch if item.stream is not None]
@@ -291,20 +294,22 @@ class EngineCore:
         self._count_tokens(batch, rows)
         self._post_process(batch, final, logits, block)
         out.h, out.c = hn, cn
-        carried = any(item.stream is not None or not final[i] for i, item in enumerate(batch))
-        # (B, L, H): one copy for the batch, so each carried row's state after it is a contiguous (L, H) view
-        h_rows = hn.transpose(1, 0, 2).copy() if carried else hn
-        c_rows = cn.transpose(1, 0, 2).copy() if carried else cn
+        # Every carried state below is a column view (L, H) of this batch's fresh ORT outputs hn, cn (L, B, H),
+        # which nothing writes afterwards: no per-row copies. The commit writes the columns it needs in one
+        # gather (all of hn, cn when every row is written), and a batch of the same rows next turn runs from
+        # hn, cn as they are (`_states`).
         again: list[WorkItem] = []
         for i, item in enumerate(batch):
             row = item.stream
             if row is not None:
                 assert item.token is not None
-                out.rows.append(row.step_done(item.token, h_rows[i], c_rows[i]))  # its next input and undo point
+                step = row.step_done(item.token, hn[:, i], cn[:, i])  # its next input and undo point
+                out.index[id(step)] = i
+                out.rows.append(step)
                 again.append(item)
             elif not final[i]:
                 item.fed += len(rows[i])
-                item.state = (h_rows[i], c_rows[i])  # (L, H) each: where the next chunk starts
+                item.state = (hn[:, i], cn[:, i])  # (L, H) each: where the next chunk starts
                 if item.all_logits:
                     item.pieces.append(logits[i])
                 again.append(item)
@@ -313,6 +318,8 @@ class EngineCore:
                 out.index[id(item)] = i
                 out.finished.append(item)
         self._requeue(again, out)
+        # The same rows in the same order next turn (streams in their steady state) run from hn, cn directly.
+        self._carried = (batch, hn, cn) if len(again) == len(batch) else None
 
     def _requeue(self, again: list[WorkItem], out: Batch) -> None:
         """Continuing chunks go behind what waits now (fair to the others); rows queue their next step, park on a
@@ -346,6 +353,11 @@ class EngineCore:
         if len(batch) == 1 and batch[0].state is not None:
             h1, c1 = batch[0].state
             return h1[:, None], c1[:, None]  # (L, 1, H) views: nothing to gather for one row
+        carried = self._carried
+        if carried is not None and len(carried[0]) == len(batch) and all(map(operator.is_, carried[0], batch)):
+            # Every item is a row (or chunk) of the last batch, in its order, carried on from it: its state is
+            # column i of that batch's outputs, which is what ORT needs as it is.
+            return carried[1], carried[2]
         zero = self._zero
         h = np.stack([zero if item.state is None else item.state[0] for item in batch], axis=1)
         c = np.stack([zero if item.state is None else item.state[1] for item in batch], axis=1)
