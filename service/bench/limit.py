@@ -19,6 +19,8 @@ import onnxruntime as ort
 
 from service.engine.ort import CUDA, OnnxRuntime
 
+ROUNDS = 6  # turns each artifact takes at each batch size in `cpu_limits`
+
 
 def timed(fn: Callable[[], object], budget_s: float, min_calls: int = 5) -> list[float]:
     """Call `fn` until `budget_s` is spent (at least `min_calls` times); the duration of each call."""
@@ -75,20 +77,45 @@ def cpu_limit(
 
 
 def cpu_limits(
-    models: dict[str, Path], batches: Sequence[int], budget_s: float, intra_op_threads: int = 1
+    models: dict[str, Path],
+    batches: Sequence[int],
+    budget_s: float,
+    intra_op_threads: int = 1,
+    rounds: int = ROUNDS,
 ) -> dict[str, dict[str, Any]]:
-    """Several artifacts (fp32, int8) measured side by side: batch by batch, each artifact in turn, so drift on a
-    shared machine hits them alike; the prompt ingestion of each after the steps."""
-    out: dict[str, dict[str, Any]] = {}
+    """Several artifacts (fp32, int8) measured side by side. At each batch size the artifacts take turns in
+    `rounds` short slices of the budget and each one's median is over all its slices, so drift on a shared machine
+    (another process waking up for a second) hits them alike instead of landing on one artifact's whole window;
+    the prompt ingestion of each after the steps."""
+    runtimes = {name: OnnxRuntime(path, "cpu", intra_op_threads=intra_op_threads) for name, path in models.items()}
+    out: dict[str, dict[str, Any]] = {
+        name: {"provider": "cpu", "intra_op_threads": intra_op_threads, "batches": [], "model": str(path)}
+        for name, path in models.items()
+    }
     for b in batches:
-        for name, path in models.items():
-            row = cpu_limit(path, (b,), budget_s, intra_op_threads, prompt_chars=0)
-            if name not in out:
-                out[name] = {**row, "batches": [], "model": str(path)}
-            out[name]["batches"] += row["batches"]
+        steps = {name: _stepper(rt, b) for name, rt in runtimes.items()}
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(rounds):
+            for name, step in steps.items():
+                times[name] += timed(step, budget_s / rounds)
+        for name in models:
+            out[name]["batches"].append({"batch": b, **step_stats(times[name], b), "rounds": rounds})
     for name, path in models.items():
         out[name]["prompt"] = cpu_limit(path, (), budget_s, intra_op_threads)["prompt"]
     return out
+
+
+def _stepper(rt: OnnxRuntime, batch: int) -> Callable[[], None]:
+    """One token per row at `batch`, from the states the previous step returned (warmed up for the shape)."""
+    ids = np.random.default_rng(0).integers(0, rt.vocab_size, size=(batch, 1), dtype=np.int64)  # (B, 1)
+    state = [np.zeros((rt.layers, batch, rt.hidden), dtype=np.float32)] * 2  # h, c (L, B, H)
+
+    def step() -> None:
+        _, state[0], state[1] = rt.run(ids, state[0], state[1])
+
+    for _ in range(3):  # let ORT allocate for this shape before timing it
+        step()
+    return step
 
 
 def gpu_status() -> str | None:

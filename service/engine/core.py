@@ -75,7 +75,7 @@ def _run_model(
     length = len(rows[0])
     if not any(all_logits) and all(len(r) == length for r in rows):
         t0 = time.perf_counter()
-        ids = rows[0][None] if len(rows) == 1 else np.stack(rows)  # (B, T)
+        ids = rows[0][None] if len(rows) == 1 else np.concatenate(rows).reshape(len(rows), length)  # (B, T)
         logits, hn, cn = runtime.run(ids, h, c)
         if metrics is not None:
             metrics.inference_latency.observe(time.perf_counter() - t0)
