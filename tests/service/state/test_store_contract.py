@@ -121,6 +121,37 @@ async def test_a_batch_applies_each_row_on_its_own(make_store: StoreFactory) -> 
     assert not hb.any() and (await store.get_record(b.session_id)).position == 0
 
 
+async def test_a_large_batch_applies_each_row_on_its_own(make_store: StoreFactory) -> None:
+    """Many rows in one call (the memory store takes its array path past a few rows): written rows, a stale
+    version, an unknown id and a session named twice each get what they would get one call per row."""
+    store = make_store(max_sessions=16)
+    recs = [await store.create(ttl_s=60 + i) for i in range(10)]
+    ids = [r.session_id for r in recs] + ["nope", recs[0].session_id]
+    versions = [r.version for r in recs] + [1, recs[0].version]
+    versions[3] += 99  # stale
+    n = len(ids)
+    h = np.stack([state(i + 1) for i in range(n)], axis=1)  # (L, n, H)
+    out = await store.save_many(ids, h, h * 2, list(range(1, n + 1)), versions)
+    assert isinstance(out[3], VersionConflict) and out[3].actual_position == 0
+    assert isinstance(out[10], SessionNotFound)
+    # The second write of session 0 compares on the version the first one read: the first wins, it conflicts.
+    assert isinstance(out[11], VersionConflict) and out[11].actual_position == 1
+    written = [i for i in range(10) if i != 3]
+    for i in written:
+        record = out[i]
+        assert isinstance(record, SessionRecord)
+        assert record.session_id == recs[i].session_id and record.position == i + 1
+        assert record.ttl_s == recs[i].ttl_s and record.created_at == recs[i].created_at
+        assert record.expires_at == record.last_used_at + record.ttl_s
+        assert record == await store.get_record(recs[i].session_id)
+        _, hs, cs = await store.get_state(recs[i].session_id)
+        np.testing.assert_array_equal(hs, state(i + 1))
+        np.testing.assert_array_equal(cs, state(i + 1) * 2)
+        assert record.version != recs[i].version
+    _, h3, _ = await store.get_state(recs[3].session_id)
+    assert not h3.any() and (await store.get_record(recs[3].session_id)).position == 0
+
+
 async def test_missing_rows_are_flagged_and_zero(make_store: StoreFactory) -> None:
     store = make_store()
     rec = await store.create(ttl_s=60, h=state(1), c=state(1))
