@@ -392,7 +392,10 @@ class EngineCore:
                 batch[i].token = token
         asking = [i for i, item in enumerate(batch) if final[i] and item.top_k > 0]
         if asking:
-            last = np.stack([logits[i] if logits[i].ndim == 1 else logits[i][-1] for i in asking])  # (n, V)
+            if block is not None and len(asking) == len(batch):
+                last = block  # (B, V): every row asks (a batch of one-character predicts)
+            else:
+                last = np.stack([logits[i] if logits[i].ndim == 1 else logits[i][-1] for i in asking])  # (n, V)
             ks = [batch[i].top_k for i in asking]
             for i, top in zip(asking, top_k_rows(last, ks, self.runtime.metadata.tokenizer), strict=True):
                 batch[i].top = top

@@ -43,9 +43,12 @@ def top_k_rows(logits: np.ndarray, ks: list[int], tokenizer: CharTokenizer) -> l
     # A stable sort of -p keeps equal probabilities in id order: the same order as top_k's lexsort.
     order = np.argsort(-probs, axis=1, kind="stable")  # (n, V)
     chars, vocab = tokenizer.chars, probs.shape[1]
+    widest = max(1, min(max(ks), vocab))
+    top = order[:, :widest]  # (n, widest): one gather and one conversion for the batch, not one per row
+    all_ids = top.tolist()
+    all_p = np.take_along_axis(probs, top, axis=1).tolist()
     out = []
-    for row, k in enumerate(ks):
-        ids = order[row, : max(1, min(k, vocab))].tolist()
-        p = probs[row, ids].tolist()
-        out.append([TokenProb(chars[i], i, q) for i, q in zip(ids, p, strict=True)])
+    for ids, p, k in zip(all_ids, all_p, ks, strict=True):
+        n = max(1, min(k, vocab))
+        out.append([TokenProb(chars[i], i, q) for i, q in zip(ids[:n], p[:n], strict=True)])
     return out
