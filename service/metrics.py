@@ -49,6 +49,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.inference_cpu = Counter(
+            PREFIX + "inference_cpu_seconds",
+            "CPU time of the thread running ONNX Runtime during its runs, in seconds. Against the sum of "
+            "inference_latency_seconds (wall time): the difference is time the runs spent waiting for a core or, "
+            "after the run, for the GIL.",
+            registry=r,
+        )
         self.batch_size = Histogram(
             PREFIX + "batch_size",
             "Work items (sessions or stateless requests) per batch.",

@@ -187,13 +187,13 @@ def scrape(t: Target) -> dict[str, float]:
     values: dict[str, float] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name.startswith("lstm_serve_") and name.endswith(("_sum", "_count")) and "{" not in name:
+        if name.startswith("lstm_serve_") and name.endswith(("_sum", "_count", "_total")) and "{" not in name:
             values[name.removeprefix("lstm_serve_")] = float(value)
     return values
 
 
 def inside(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Per-point means from metric deltas: ORT time per run, items per batch, queue wait."""
+    """Per-point means from metric deltas: ORT wall and CPU time per run, items per batch, queue wait."""
 
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
@@ -202,6 +202,8 @@ def inside(before: dict[str, float], after: dict[str, float]) -> dict[str, float
     out: dict[str, float] = {"batches": batches, "ort_runs": runs}
     if runs:
         out["ort_ms_per_run"] = delta("inference_latency_seconds_sum") / runs * 1000
+        if "inference_cpu_seconds_total" in after:  # the thread's CPU in those runs; the rest of the wall was waiting
+            out["ort_cpu_ms_per_run"] = delta("inference_cpu_seconds_total") / runs * 1000
     if batches:
         out["mean_batch"] = delta("batch_size_sum") / batches
     if waits:

@@ -24,13 +24,18 @@ def _cpu(p: dict[str, Any]) -> str:
     return s + (f" and the load process {load:.2f}" if load is not None else "")
 
 
+def _cpu_part(ins: dict[str, Any]) -> str:
+    cpu = ins.get("ort_cpu_ms_per_run")
+    return "" if cpu is None else f" ({cpu:.2f} ms of it on the thread's CPU, the rest waiting for a core or the GIL)"
+
+
 def _inside(p: dict[str, Any], raw_ms: float) -> str:
     ins = p.get("inside")
     if not ins or "ort_ms_per_run" not in ins:
         return ""
     return (
         f" Inside the server (its /metrics over the point): {ins.get('mean_batch', 0):.1f} items per batch, "
-        f"ONNX Runtime {ins['ort_ms_per_run']:.2f} ms per run against {raw_ms:.2f} ms raw, queue wait "
+        f"ONNX Runtime {ins['ort_ms_per_run']:.2f} ms per run{_cpu_part(ins)} against {raw_ms:.2f} ms raw, queue wait "
         f"{ins.get('queue_wait_ms', 0):.2f} ms."
     )
 

@@ -74,11 +74,11 @@ def _run_model(
     re-stacking."""
     length = len(rows[0])
     if not any(all_logits) and all(len(r) == length for r in rows):
-        t0 = time.perf_counter()
         ids = rows[0][None] if len(rows) == 1 else np.concatenate(rows).reshape(len(rows), length)  # (B, T)
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         logits, hn, cn = runtime.run(ids, h, c)
         if metrics is not None:
-            metrics.inference_latency.observe(time.perf_counter() - t0)
+            _observe_run(metrics, t0, cpu0)
         last = logits[:, -1]  # (B, V)
         return list(last), last, hn, cn
     lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
@@ -88,10 +88,10 @@ def _run_model(
         active = np.flatnonzero(lens >= length).tolist()  # rows still running: (b,)
         ids = np.stack([rows[i][done:length] for i in active])  # (b, length - done)
         whole = len(active) == len(rows)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         logits, hn, cn = runtime.run(ids, h if whole else h[:, active], c if whole else c[:, active])
         if metrics is not None:
-            metrics.inference_latency.observe(time.perf_counter() - t0)
+            _observe_run(metrics, t0, cpu0)
         if whole:  # always so for the first run (every row is at least the shortest): the caller's h, c are
             h, c = hn, cn  # never written; ORT's fresh outputs (L, B, H) are the batch's states from here on
         else:
@@ -105,6 +105,13 @@ def _run_model(
         done = length
     out = [np.concatenate(p) if all_logits[i] else p[0] for i, p in enumerate(pieces)]
     return out, None, h, c
+
+
+def _observe_run(metrics: Metrics, t0: float, cpu0: float) -> None:
+    """One ORT run's wall time (from perf_counter `t0`) and this thread's CPU time in it (from thread_time `cpu0`):
+    the gap is waiting, for a core or for the GIL once the run is done."""
+    metrics.inference_cpu.inc(time.thread_time() - cpu0)
+    metrics.inference_latency.observe(time.perf_counter() - t0)
 
 
 @dataclass(slots=True)

@@ -25,6 +25,7 @@ METRICS: dict[str, str] = {
     "lstm_serve_requests_total": "counter",
     "lstm_serve_request_latency_seconds": "histogram",
     "lstm_serve_inference_latency_seconds": "histogram",
+    "lstm_serve_inference_cpu_seconds_total": "counter",
     "lstm_serve_batch_size": "histogram",
     "lstm_serve_queue_wait_seconds": "histogram",
     "lstm_serve_tokens_total": "counter",

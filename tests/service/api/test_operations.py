@@ -62,6 +62,7 @@ async def test_metrics(client: AppClient) -> None:
         "lstm_serve_requests_total",
         "lstm_serve_request_latency_seconds_bucket",
         "lstm_serve_inference_latency_seconds_bucket",
+        "lstm_serve_inference_cpu_seconds_total",
         "lstm_serve_batch_size_bucket",
         "lstm_serve_queue_wait_seconds_bucket",
         "lstm_serve_tokens_total",
@@ -71,6 +72,10 @@ async def test_metrics(client: AppClient) -> None:
         "lstm_serve_model_info",
     ):
         assert name in found, name
+    # The ORT thread's CPU in the runs is some of their wall time, never more (the rest was waiting).
+    cpu = found["lstm_serve_inference_cpu_seconds_total"][0].value
+    wall = found["lstm_serve_inference_latency_seconds_sum"][0].value
+    assert 0 < cpu <= wall + 1e-3
     routes = {s.labels["route"] for s in found["lstm_serve_requests_total"]}
     assert "/v1/sessions/{id}/predict" in routes and "/v1/sessions/{id}" in routes
     assert not any(sid in r or "nope" in r for r in routes)  # never a raw session id
