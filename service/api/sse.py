@@ -41,13 +41,13 @@ def _event(payload: dict[str, Any]) -> ServerSentEvent:
     return ServerSentEvent(data=orjson.dumps(payload).decode())
 
 
+_END = b"\r\n\r\n"  # sse-starlette's default line separator, twice: the end of one event
+
+
 def _frame(payload: dict[str, Any]) -> bytes:
     """`_event(payload).encode()` without the detour through str: compact JSON is one line (orjson escapes any
     newline inside a string), so the event is exactly `data: <json>` and the separator."""
     return b"data: " + orjson.dumps(payload) + _END
-
-
-_END = b"\r\n\r\n"  # sse-starlette's default line separator, twice: the end of one event
 
 
 def _render(group: list[Event], renderer: Renderer) -> bytes:
