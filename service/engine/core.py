@@ -115,6 +115,17 @@ def _observe_run(metrics: Metrics, t0: float, cpu0: float) -> None:
 
 
 @dataclass(slots=True)
+class _Carried:
+    """A batch whose every item goes on next turn: if the next batch is the same items in the same order (many
+    streams in their steady state), it starts from this one's outputs as they are."""
+
+    items: list[WorkItem]
+    h: np.ndarray  # (L, B, H): the batch's ORT outputs, column i the state of items[i]
+    c: np.ndarray
+    draws: SamplingBatch | None  # every item drew with these (one row each); the next turn draws one step on
+
+
+@dataclass(slots=True)
 class Batch:
     """What the engine thread hands back to the event loop: one per batch turn."""
 
@@ -154,7 +165,7 @@ class EngineCore:
         self._stopping = False  # the thread ends once the queue is empty
         self._thread = threading.Thread(target=self._run, name="lstm-serve-engine", daemon=True)
         self._zero = np.zeros((runtime.layers, runtime.hidden), dtype=np.float32)  # a fresh row's h and c
-        self._carried: tuple[list[WorkItem], np.ndarray, np.ndarray] | None = None  # see _run_batch
+        self._carried: _Carried | None = None  # see _run_batch
         self._token_counters: dict[str, Counter] = {}  # the tokens counter's child per kind, looked up once
         self.batches = 0
 
@@ -291,7 +302,8 @@ class EngineCore:
         for item in batch:
             if not item.fed:  # a continuing chunk waited behind the others on purpose
                 self.metrics.queue_wait.observe(started - item.enqueued_at)
-        h, c = self._states(batch)
+        carried = self._carried_into(batch)
+        h, c = self._states(batch, carried)
         rows = [self._chunk(item) for item in batch]
         final = [item.fed + len(row) == len(item.ids) for item, row in zip(batch, rows, strict=True)]
         self.batches += 1
@@ -299,7 +311,7 @@ class EngineCore:
         all_logits = [item.all_logits for item in batch]
         logits, block, hn, cn = _run_model(self.runtime, rows, h, c, all_logits, self.metrics)
         self._count_tokens(batch, rows)
-        self._post_process(batch, final, logits, block)
+        draws = self._post_process(batch, final, logits, block, carried)
         out.h, out.c = hn, cn
         # Every carried state below is a column view (L, H) of this batch's fresh ORT outputs hn, cn (L, B, H),
         # which nothing writes afterwards: no per-row copies. The commit writes the columns it needs in one
@@ -326,7 +338,7 @@ class EngineCore:
                 out.finished.append(item)
         self._requeue(again, out)
         # The same rows in the same order next turn (streams in their steady state) run from hn, cn directly.
-        self._carried = (batch, hn, cn) if len(again) == len(batch) else None
+        self._carried = _Carried(batch, hn, cn, draws) if len(again) == len(batch) else None
 
     def _requeue(self, again: list[WorkItem], out: Batch) -> None:
         """Continuing chunks go behind what waits now (fair to the others); rows queue their next step, park on a
@@ -355,27 +367,38 @@ class EngineCore:
                 counter = self._token_counters[kind] = self.metrics.tokens.labels(kind)
             counter.inc(count)
 
-    def _states(self, batch: list[WorkItem]) -> tuple[np.ndarray, np.ndarray]:
+    def _carried_into(self, batch: list[WorkItem]) -> _Carried | None:
+        """The last batch, when this one is its items in its order, each carried on from it."""
+        carried = self._carried
+        if carried is not None and len(carried.items) == len(batch) and all(map(operator.is_, carried.items, batch)):
+            return carried
+        return None
+
+    def _states(self, batch: list[WorkItem], carried: _Carried | None) -> tuple[np.ndarray, np.ndarray]:
         """The batch's input states h, c (L, B, H); a fresh row starts from zeros."""
         if len(batch) == 1 and batch[0].state is not None:
             h1, c1 = batch[0].state
             return h1[:, None], c1[:, None]  # (L, 1, H) views: nothing to gather for one row
-        carried = self._carried
-        if carried is not None and len(carried[0]) == len(batch) and all(map(operator.is_, carried[0], batch)):
-            # Every item is a row (or chunk) of the last batch, in its order, carried on from it: its state is
-            # column i of that batch's outputs, which is what ORT needs as it is.
-            return carried[1], carried[2]
+        if carried is not None:  # item i's state is column i of the last batch's outputs: what ORT needs as it is
+            return carried.h, carried.c
         zero = self._zero
         h = np.stack([zero if item.state is None else item.state[0] for item in batch], axis=1)
         c = np.stack([zero if item.state is None else item.state[1] for item in batch], axis=1)
         return h, c
 
     def _post_process(
-        self, batch: list[WorkItem], final: list[bool], logits: list[np.ndarray], block: np.ndarray | None
-    ) -> None:
+        self,
+        batch: list[WorkItem],
+        final: list[bool],
+        logits: list[np.ndarray],
+        block: np.ndarray | None,
+        carried: _Carried | None,
+    ) -> SamplingBatch | None:
         """Sampling and top-k for every finishing row, in one call each over the batch (`block`: every row's last
-        logits (B, V) when the batch ran as one block)."""
+        logits (B, V) when the batch ran as one block). Returns the sampling parameters when every row drew with
+        them, for the next turn of the same rows."""
         drawing = [i for i, item in enumerate(batch) if final[i] and item.sample_next is not None]
+        params: SamplingBatch | None = None
         if 0 < len(drawing) <= FEW_ROWS:  # per row, no parameter arrays to build
             for i in drawing:
                 d = batch[i].sample_next
@@ -383,14 +406,7 @@ class EngineCore:
                 x = logits[i] if logits[i].ndim == 1 else logits[i][-1]
                 batch[i].token = sample_row(x, d.temperature, d.top_k, d.top_p, d.seed, d.index)
         elif drawing:
-            draws = [batch[i].sample_next for i in drawing]
-            params = SamplingBatch.from_rows(
-                [d.temperature for d in draws if d is not None],
-                [d.top_k for d in draws if d is not None],
-                [d.top_p for d in draws if d is not None],
-                [d.seed for d in draws if d is not None],
-                [d.index for d in draws if d is not None],
-            )
+            params = self._draws(batch, drawing, carried)
             if block is not None and len(drawing) == len(batch):
                 last = block  # (B, V): every row draws
             else:
@@ -406,3 +422,19 @@ class EngineCore:
             ks = [batch[i].top_k for i in asking]
             for i, top in zip(asking, top_k_rows(last, ks, self.runtime.metadata.tokenizer), strict=True):
                 batch[i].top = top
+        return params if len(drawing) == len(batch) else None
+
+    @staticmethod
+    def _draws(batch: list[WorkItem], drawing: list[int], carried: _Carried | None) -> SamplingBatch:
+        """The drawing rows' sampling parameters: a carried batch whose every row drew last turn draws with the
+        same ones a token further on (a row's draw index goes up by one per step), else built from the rows."""
+        if carried is not None and carried.draws is not None and len(drawing) == len(batch):
+            return carried.draws.advanced()
+        draws = [batch[i].sample_next for i in drawing]
+        return SamplingBatch.from_rows(
+            [d.temperature for d in draws if d is not None],
+            [d.top_k for d in draws if d is not None],
+            [d.top_p for d in draws if d is not None],
+            [d.seed for d in draws if d is not None],
+            [d.index for d in draws if d is not None],
+        )

@@ -65,6 +65,10 @@ class SamplingBatch:
     def __len__(self) -> int:
         return int(self.temperature.shape[0])
 
+    def advanced(self) -> SamplingBatch:
+        """The same rows' parameters for their next token: every step one further on."""
+        return SamplingBatch(self.temperature, self.top_k, self.top_p, self.seed, self.step + 1)
+
 
 def _show(value: object) -> str:
     """A short repr for an error message: a client's value may be an integer of thousands of digits, which
@@ -182,7 +186,8 @@ def sample(logits: np.ndarray, params: SamplingBatch) -> np.ndarray:
 
     # One stable sort serves both cuts: scaling by a positive temperature keeps the order, and stability sends
     # ties to the lower id, matching argmax. A full sort of 76 columns is cheaper than argpartition plus sorting.
-    order = np.argsort(-x, axis=1, kind="stable")  # (batch, vocab) ids, most likely first
+    exact32 = isinstance(logits, np.ndarray) and logits.dtype == np.float32 and not np.isnan(logits).any()
+    order = descending_order(logits) if exact32 else np.argsort(-x, axis=1, kind="stable")  # (batch, vocab)
     sorted_x = np.take_along_axis(x, order, axis=1)  # (batch, vocab) descending
     temperature = np.where(sampling_rows, params.temperature, 1.0)  # (batch,); greedy rows unused
     # Shift by the row max before dividing: the values are <= 0, so a tiny temperature gives -inf (prob 0),
@@ -201,6 +206,24 @@ def sample(logits: np.ndarray, params: SamplingBatch) -> np.ndarray:
 
     ids: np.ndarray = np.where(sampling_rows, sampled_ids, greedy_ids).astype(np.int64)
     return ids
+
+
+def descending_order(logits: np.ndarray) -> np.ndarray:
+    """`np.argsort(-logits, axis=1, kind="stable")` for (batch, vocab) float32 logits without NaN: the ids most
+    likely first, ties in id order; the same order as for their float64 casts, which `sample` samples from.
+
+    A stable sort of floats is about three times the cost of an unstable sort of integers, so each logit becomes
+    one unique uint64: its float32 bits mapped to an unsigned integer that sorts like the value, inverted for
+    descending order, above its id. Sorting those keys needs no stability, and the low 32 bits are the order.
+    """
+    bits = (logits + np.float32(0.0)).view(np.int32)  # + 0.0 makes -0.0 into 0.0: they compare equal
+    # Negative floats sort in reverse as integers: flip all their bits; positive ones: set the sign bit.
+    ascending = np.where(bits < 0, ~bits, bits | np.int32(-(2**31))).view(np.uint32)  # (batch, vocab)
+    keys = (~ascending).astype(np.uint64) << np.uint64(32)  # descending value in the high half
+    keys |= np.arange(logits.shape[1], dtype=np.uint64)  # the id below it: equal values go in id order
+    keys.sort(axis=1)
+    order: np.ndarray = (keys & np.uint64(0xFFFFFFFF)).astype(np.intp)
+    return order
 
 
 def sample_row(x: np.ndarray, temperature: float, top_k: int, top_p: float, seed: int, step: int) -> int:

@@ -42,9 +42,10 @@ STREAM_WINDOW = 16  # tokens a stream may run ahead of its consumer: enough to f
 # lags, small enough that a client that goes away wastes little work and its session is put back cheaply
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Emitted:
-    """A token the row fed to its session (or stateless state), ready for the consumer."""
+    """A token the row fed to its session (or stateless state), ready for the consumer. Not frozen, though nothing
+    changes one: one is made per token, and a frozen dataclass's __init__ costs three times as much."""
 
     token: int
     position: int  # the session's position after it
@@ -54,9 +55,10 @@ class Emitted:
     at: float  # time.perf_counter() when it was ready
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RowStep:
-    """What one step of a row computed, on its way from the engine thread to the event loop."""
+    """What one step of a row computed, on its way from the engine thread to the event loop (one per token: not
+    frozen, as Emitted)."""
 
     row: StreamRow
     token: int  # the token the step fed

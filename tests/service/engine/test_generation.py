@@ -286,3 +286,13 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return float(s.value)
     raise KeyError(name)
+
+
+async def test_many_seeded_streams_in_steady_batches_draw_their_own_tokens(generator: Generator) -> None:
+    """A dozen streams of one length run as the same rows batch after batch; the engine then draws with the last
+    batch's parameters one step on instead of rebuilding them. Each stream must still draw exactly the tokens it
+    draws alone (in batches of one, sampled row by row)."""
+    params = [generator.params(max_tokens=30, temperature=0.9, top_k=30, top_p=0.95, seed=100 + n) for n in range(12)]
+    crowd = await asyncio.gather(*(stateless(generator, p) for p in params))
+    for p, together in zip(params, crowd, strict=True):
+        assert together.tokens == (await stateless(generator, p)).tokens

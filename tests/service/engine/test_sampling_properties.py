@@ -15,7 +15,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from service.engine.sampling import MAX_SEED, InvalidSamplingParams, SamplingBatch, sample, validate_params
+from service.engine.sampling import (
+    MAX_SEED,
+    InvalidSamplingParams,
+    SamplingBatch,
+    descending_order,
+    sample,
+    validate_params,
+)
 
 PROPERTIES = settings(max_examples=300, deadline=None, derandomize=True, database=None)
 
@@ -134,3 +141,19 @@ def test_accepted_values_always_sample_a_token_of_the_top_k_and_nucleus(case: tu
         assert rank < k, "a token outside the top k was sampled"
         if params.temperature[row] == 0 or params.top_p[row] <= 2**-60:
             assert logits[row, token] == logits[row].max()  # greedy, or a nucleus of the top token only
+
+
+@PROPERTIES
+@given(
+    hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 12), st.integers(1, 80)),
+        elements=st.floats(width=32, allow_nan=False) | st.sampled_from([0.0, -0.0, 1.0, -1.0, math.inf, -math.inf]),
+    )
+)
+def test_the_integer_key_order_is_the_stable_float64_order(logits: np.ndarray) -> None:
+    """`sample` orders a batch's float32 logits by integer keys; it must be exactly the stable sort of their float64
+    casts that `sample_row` uses (ties, -0.0 against 0.0 and infinities included), or a stream would draw other
+    tokens in a batch than alone."""
+    expected = np.argsort(-logits.astype(np.float64), axis=1, kind="stable")
+    assert descending_order(logits).tolist() == expected.tolist()
