@@ -1,19 +1,17 @@
 """The hot answers (predict) written straight to JSON with orjson, not through a pydantic model per row.
 
 The routes keep their `response_model` for the OpenAPI document; returning a Response skips FastAPI's second
-validation and serialization of what the engine already typed. Datetimes are written as pydantic writes them
+validation and serialization of what the engine already typed; the engine's dataclasses (TokenProb) are written
+by orjson as they are, each a JSON object of its fields. Datetimes are written as pydantic writes them
 (UTC with a `Z`), so the bytes on the wire keep their shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from starlette.responses import Response
-
-from service.engine.topk import TokenProb
 
 
 class FastJSON(Response):
@@ -21,7 +19,3 @@ class FastJSON(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_UTC_Z)
-
-
-def token_probs(tokens: Sequence[TokenProb]) -> list[dict[str, Any]]:
-    return [{"token": t.token, "id": t.id, "prob": t.prob} for t in tokens]

@@ -33,6 +33,46 @@ def route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else "unmatched"
 
 
+class _Deadline:
+    """A request's timeout: its task is cancelled unless lifted in time (when the answer starts, or the request ends).
+
+    What asyncio.timeout does, for the one use here, at a third of its cost per request (about 4 against 1.3 us,
+    a few percent of the event loop's time per predict at 64 sessions): one timer, nothing else.
+    """
+
+    __slots__ = ("_cancelling", "_expired", "_handle", "_task", "timeout_s")
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        self._expired = False
+
+    def arm(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task, self._cancelling = task, task.cancelling()
+        self._handle = asyncio.get_running_loop().call_later(self.timeout_s, self._expire)
+
+    def _expire(self) -> None:
+        self._handle = None
+        self._expired = True
+        assert self._task is not None
+        self._task.cancel()
+
+    def lift(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def timed_out(self) -> bool:
+        """Called with the CancelledError in hand: True (and the cancellation undone) when it is this deadline's
+        alone; False when the request was also cancelled from elsewhere, which must go on."""
+        assert self._task is not None
+        return self._expired and self._task.uncancel() <= self._cancelling
+
+
 class ServiceMiddleware:
     def __init__(
         self, app: ASGIApp, *, access: AccessControl, metrics: Metrics, max_bytes: int, timeout_s: float
@@ -61,7 +101,7 @@ class ServiceMiddleware:
         start = time.perf_counter()
         status = 500  # if the app raises before answering, the server error handler answers 500
         guard = guarded(scope["path"])
-        deadline = asyncio.timeout(self.timeout_s) if guard and self.timeout_s else None
+        deadline = _Deadline(self.timeout_s) if guard and self.timeout_s else None
         started = False
 
         async def send_status(message: Message) -> None:
@@ -69,8 +109,8 @@ class ServiceMiddleware:
             if message["type"] == "http.response.start" and not started:
                 started = True
                 status = int(message["status"])
-                if deadline is not None and not deadline.expired():  # (an expired one is answering 504)
-                    deadline.reschedule(None)  # once an answer has started (a stream), the timeout is lifted
+                if deadline is not None:
+                    deadline.lift()  # once an answer has started (a stream), the timeout is lifted
             await send(message)
 
         try:
@@ -86,19 +126,21 @@ class ServiceMiddleware:
             self._log(scope, status, time.perf_counter() - start)
 
     async def _within(
-        self, deadline: asyncio.Timeout, scope: Scope, receive: Receive, send: Send, started: Callable[[], bool]
+        self, deadline: _Deadline, scope: Scope, receive: Receive, send: Send, started: Callable[[], bool]
     ) -> None:
         """504 `request_timeout` when no answer has started within timeout_s. The request is cancelled, which the
         engine treats as a client that went away: queued work is skipped and a running batch writes nothing for it,
         so a timed-out request changes nothing. Streams are bounded by max_generate_tokens instead."""
+        deadline.arm()
         try:
-            async with deadline:
-                await self._route(scope, receive, send)
-        except TimeoutError:
-            if not deadline.expired() or started():
-                raise  # a TimeoutError of the app's own, or one after the answer began: not ours to answer
+            await self._route(scope, receive, send)
+        except asyncio.CancelledError:
+            if not deadline.timed_out() or started():
+                raise  # a cancellation from elsewhere (a disconnect, the server stopping), or after the answer began
             self.metrics.rejections.labels("request_timeout").inc()
             await engine_error_response(RequestTimeout(self.timeout_s))(scope, receive, send)
+        finally:
+            deadline.lift()
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app, or for a plain session predict its fast path (fast_predict.py), which hands anything else on."""

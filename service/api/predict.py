@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from service.api.deps import ModelsDep
 from service.api.errors import responses
-from service.api.fast_json import FastJSON, token_probs
+from service.api.fast_json import FastJSON
 from service.api.schemas import PredictRequest, PredictResponse
 
 router = APIRouter(tags=["prediction"])
@@ -19,4 +19,4 @@ async def predict(body: PredictRequest, registry: ModelsDep) -> Response:
     result = await registry.resolve(body.model, body.version).engine.predict(
         text=body.text, tokens=body.tokens, top_k=body.top_k
     )
-    return FastJSON({"next": token_probs(result.next), "position": result.position})
+    return FastJSON({"next": result.next, "position": result.position})

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from service.api.access import CallerDep, SessionId
 from service.api.deps import EngineDep, ModelsDep, UnitDep
 from service.api.errors import responses
-from service.api.fast_json import FastJSON, token_probs
+from service.api.fast_json import FastJSON
 from service.api.schemas import (
     CreateSessionRequest,
     ForkRequest,
@@ -76,7 +76,7 @@ async def predict_answer(engine: Engine, session_id: str, body: SessionPredictRe
             "session_id": r.session_id,
             "position": r.position,
             "expires_at": utc(r.expires_at),
-            "next": token_probs(result.next),
+            "next": result.next,
         }
     )
 

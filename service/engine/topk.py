@@ -9,8 +9,12 @@ import numpy as np
 from model.tokenizer import CharTokenizer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TokenProb:
+    """One of the most likely next tokens. Not frozen, though nothing changes one: a batch of 64 predicts makes
+    320 of them on the engine thread, and a frozen dataclass's __init__ costs three times as much. The API writes
+    them with orjson as they are (a dataclass is a JSON object of its fields, in this order)."""
+
     token: str
     id: int
     prob: float

@@ -71,11 +71,14 @@ def guarded_protocol(base: type[asyncio.Protocol], header_timeout_s: float, max_
 
         def data_received(self, data: bytes) -> None:
             cycle = self.cycle
-            if self._header_timer is None and (cycle is None or cycle.response_complete):
-                self._arm()  # the first bytes of the next request on a kept-alive connection
+            starting = self._header_timer is None and (cycle is None or cycle.response_complete)
+            if starting:  # the first bytes of the next request on a kept-alive connection
+                self._awaiting = cycle
             super().data_received(data)
-            if self._header_timer is not None and self._headers_done():
+            if self._headers_done():
                 self._disarm()
+            elif starting and not self.transport.is_closing():  # armed only when the headers did not all come
+                self._arm()  # with these bytes: the usual request costs no timer to make and cancel
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

@@ -1,5 +1,5 @@
 """Connections against a real server process: thousands of half-sent requests do not starve a legitimate one and
-are closed after the header timeout; idle keep-alive connections are closed; connections beyond the cap get 503
+are closed after the header timeout, as is a kept-alive connection's half-sent next request; idle keep-alive connections are closed; connections beyond the cap get 503
 too_many_connections; WebSocket query strings never reach the log and refused handshakes log no ERROR; after
 SIGTERM with a shutdown delay /readyz answers 503 draining before the listener closes."""
 
@@ -88,6 +88,29 @@ def test_thousands_of_half_sent_requests_do_not_starve_a_real_one_and_are_closed
             for s in sockets:
                 s.close()
     assert server.alive
+
+
+@pytest.mark.e2e
+def test_a_kept_alive_connection_that_half_sends_its_next_request_is_closed_at_the_header_timeout(
+    launch: Launch,
+) -> None:
+    """The timer starts with the first bytes of each request, not only of the connection's first: a request whose
+    headers arrive whole never needs it, one whose headers stop halfway is cut, here long before keep-alive would."""
+    server = launch("kept-alive", LSTM_SERVE_HEADER_TIMEOUT_S="1", LSTM_SERVE_KEEP_ALIVE_TIMEOUT_S="30")
+    server.wait_ready()
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    try:
+        for _ in range(3):  # whole requests on one connection: each answered, the connection kept
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(1.5)  # longer than the header timeout between requests: idle is keep-alive's business
+        s.sendall(PARTIAL)
+        started = time.monotonic()
+        assert closed_by_server(s, 5.0)
+        assert 0.8 <= time.monotonic() - started < 4.0
+    finally:
+        s.close()
+    assert ready(server) == 200
 
 
 @pytest.mark.e2e
