@@ -1,7 +1,8 @@
 """Connections against a real server process: thousands of half-sent requests do not starve a legitimate one and
-are closed after the header timeout, as is a kept-alive connection's half-sent next request; idle keep-alive connections are closed; connections beyond the cap get 503
-too_many_connections; WebSocket query strings never reach the log and refused handshakes log no ERROR; after
-SIGTERM with a shutdown delay /readyz answers 503 draining before the listener closes."""
+are closed after the header timeout, as is a kept-alive connection's half-sent next request; idle keep-alive
+connections are closed; connections beyond the cap get 503 too_many_connections; WebSocket query strings never
+reach the log and refused handshakes log no ERROR; after SIGTERM with a shutdown delay /readyz answers 503 draining
+before the listener closes."""
 
 from __future__ import annotations
 
