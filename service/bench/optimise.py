@@ -32,6 +32,14 @@ PAIRS = (
         ("predict", "stream"),
     ),
     ("FastAPI's native telemetry check", "on (FastAPI's default)", "off (the product's)", "otel", "main", ("predict",)),
+    (
+        "stream token groups",
+        "every token woken and written alone (stream_group_tokens 1)",
+        "up to 4 a write, none held over 20 ms (the product's)",
+        "ungrouped",
+        "main",
+        ("stream",),
+    ),
     ("load client", "Python asyncio client (service/bench/load.py)", "wrk (the bench's)", "noop", "noop", ("predict",)),
 )
 

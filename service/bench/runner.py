@@ -52,7 +52,7 @@ NEEDS: dict[str, set[str]] = {
     "resend": {"main"},
     "stream": {"main", "off", "noop"},
     "steps": {"main"},
-    "optimisations": {"main", "h11", "quiet", "switch", "otel", "noop"},
+    "optimisations": {"main", "h11", "quiet", "switch", "otel", "ungrouped", "noop"},
     "gpu": {"gpu"},
     "fairness": {"main", "unchunked"},
     "durable": {"main", "durable"},
@@ -82,6 +82,7 @@ def server_specs(
         "unchunked": servers.ServerSpec("unchunked", "service", [*main, "--prefill-chunk-tokens", "0"]),
         "switch": servers.ServerSpec("switch", "service", [*main, "--gil-switch-interval-ms", "5"]),
         "otel": servers.ServerSpec("otel", "service", [*main, "--opentelemetry"]),
+        "ungrouped": servers.ServerSpec("ungrouped", "service", [*main, "--stream-group-tokens", "1"]),
     }
     gpu = servers.product(model, max_batch_size=max(plan.concurrencies), max_sessions=sessions, provider="cuda")
     specs["gpu"] = servers.ServerSpec("gpu", "service", gpu)

@@ -38,7 +38,7 @@ import numpy as np
 
 from service.engine.sampling import InvalidSamplingParams, StopMatcher, sample_row, validate_params
 from service.engine.steps import SampleNext, StepResult
-from service.engine.streams import Emitted, FinishReason, StreamRow
+from service.engine.streams import Emitted, FinishReason, Grouping, StreamRow
 from service.errors import InvalidInput, TooManyStreams
 
 if TYPE_CHECKING:
@@ -303,6 +303,7 @@ class _Run:
             max_tokens=params.max_tokens,
             stop=StopMatcher(params.stop),
             chars=self._engine.model.metadata.tokenizer.chars,
+            grouping=Grouping(self._engine.config.stream_group_tokens, self._engine.config.stream_group_delay_s),
         )
         self._engine.open_stream(self._row)
 

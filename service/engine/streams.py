@@ -40,6 +40,21 @@ if TYPE_CHECKING:
 FinishReason = Literal["length", "stop"]
 STREAM_WINDOW = 16  # tokens a stream may run ahead of its consumer: enough to fill an SSE write when the client
 # lags, small enough that a client that goes away wastes little work and its session is put back cheaply
+MAX_GROUP_TOKENS = STREAM_WINDOW // 2  # a group never waits for a parked row: a row parks with a window's worth ready
+
+
+@dataclass(frozen=True, slots=True)
+class Grouping:
+    """When the consumer is woken for the tokens ready: at once for a stream's first token, its end and its error;
+    otherwise once `tokens` are ready or the oldest has waited `delay_s`, whichever comes first.
+
+    Each wake-up costs the event loop a task switch, a frame and a socket write whatever it carries; one token each
+    made those most of its work with many streams. With 64 SSE streams, 4 tokens a group measured 1.35x the tokens/s
+    of 1 (docs/benchmarks, optimisations table); one stream is paced by the engine and gains nothing. `tokens=1`
+    hands out every token as soon as it is written."""
+
+    tokens: int = 4
+    delay_s: float = 0.02
 
 
 @dataclass(slots=True)
@@ -84,6 +99,7 @@ class StreamRow:
         stop: StopMatcher,
         chars: Sequence[str],
         window: int = STREAM_WINDOW,
+        grouping: Grouping = Grouping(),
     ) -> None:
         self.session_id = session_id
         self.chars = chars  # token id -> its character
@@ -106,6 +122,8 @@ class StreamRow:
         self._idle = asyncio.Event()
         self._idle.set()
         self._wake = asyncio.Event()
+        self._grouping = grouping
+        self._hold: asyncio.TimerHandle | None = None  # wakes the consumer for tokens held back: see Grouping
         self.resume: Callable[[StreamRow], None] | None = None  # set by the batcher: unparks the row
 
     # ---- the engine thread -----------------------------------------------------------------------------------
@@ -157,6 +175,16 @@ class StreamRow:
         self.position, self.version = position, version
         if step.finish is not None:
             self.finish = step.finish
+        if self.finish is not None or not self.taken or len(self.ready) >= self._grouping.tokens:
+            self._release()
+        elif self._hold is None:
+            self._hold = asyncio.get_running_loop().call_later(self._grouping.delay_s, self._release)
+
+    def _release(self) -> None:
+        """Wake the consumer for what is ready."""
+        if self._hold is not None:
+            self._hold.cancel()
+            self._hold = None
         self._wake.set()
 
     def fail(self, exc: BaseException) -> None:
@@ -164,7 +192,7 @@ class StreamRow:
         tokens already written."""
         if not self.ended:
             self.error = exc
-        self._wake.set()
+        self._release()
 
     def claim(self) -> None:
         """The engine has the row."""
@@ -173,7 +201,7 @@ class StreamRow:
     def settle(self) -> None:
         """The engine let go of the row: nothing of it is queued, running or being written."""
         self._idle.set()
-        self._wake.set()
+        self._release()
 
     async def idle(self) -> None:
         await self._idle.wait()
@@ -191,6 +219,9 @@ class StreamRow:
         out = list(self.ready)
         self.ready.clear()
         self.taken += len(out)
+        if self._hold is not None:  # what it held back is taken
+            self._hold.cancel()
+            self._hold = None
         if self.resume is not None:
             self.resume(self)
         return out
