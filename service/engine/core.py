@@ -122,7 +122,8 @@ class _Carried:
     items: list[WorkItem]
     h: np.ndarray  # (L, B, H): the batch's ORT outputs, column i the state of items[i]
     c: np.ndarray
-    draws: SamplingBatch | None  # every item drew with these (one row each); the next turn draws one step on
+    draws: SamplingBatch | None  # every item (a stream's row) drew with these; the next turn draws one step on
+    tokens: np.ndarray | None  # (B,) int64: what they drew, which is what each row feeds next turn
 
 
 @dataclass(slots=True)
@@ -302,16 +303,19 @@ class EngineCore:
         for item in batch:
             if not item.fed:  # a continuing chunk waited behind the others on purpose
                 self.metrics.queue_wait.observe(started - item.enqueued_at)
+        self.batches += 1
+        self.metrics.batch_size.observe(len(batch))
         carried = self._carried_into(batch)
+        if carried is not None and carried.draws is not None and carried.tokens is not None:
+            self._run_steady(batch, carried.h, carried.c, carried.draws.advanced(), carried.tokens, out)
+            return
         h, c = self._states(batch, carried)
         rows = [self._chunk(item) for item in batch]
         final = [item.fed + len(row) == len(item.ids) for item, row in zip(batch, rows, strict=True)]
-        self.batches += 1
-        self.metrics.batch_size.observe(len(batch))
         all_logits = [item.all_logits for item in batch]
         logits, block, hn, cn = _run_model(self.runtime, rows, h, c, all_logits, self.metrics)
         self._count_tokens(batch, rows)
-        draws = self._post_process(batch, final, logits, block, carried)
+        drawn = self._post_process(batch, final, logits, block)
         out.h, out.c = hn, cn
         # Every carried state below is a column view (L, H) of this batch's fresh ORT outputs hn, cn (L, B, H),
         # which nothing writes afterwards: no per-row copies. The commit writes the columns it needs in one
@@ -338,7 +342,35 @@ class EngineCore:
                 out.finished.append(item)
         self._requeue(again, out)
         # The same rows in the same order next turn (streams in their steady state) run from hn, cn directly.
-        self._carried = _Carried(batch, hn, cn, draws) if len(again) == len(batch) else None
+        self._carried = _Carried(batch, hn, cn, *drawn) if len(again) == len(batch) else None
+
+    def _run_steady(
+        self,
+        batch: list[WorkItem],
+        h: np.ndarray,
+        c: np.ndarray,
+        draws: SamplingBatch,
+        ids: np.ndarray,
+        out: Batch,
+    ) -> None:
+        """Many streams in their steady state: the same rows as last turn, in its order, each feeding the token it
+        drew then. Every input is that turn's output as it is: the drawn tokens `ids` (B,), the states h, c
+        (L, B, H), the sampling parameters one step on (`draws`); nothing is gathered or rebuilt per row."""
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        logits, hn, cn = self.runtime.run(ids[:, None], h, c)  # (B, 1, V), (L, B, H) x2
+        _observe_run(self.metrics, t0, cpu0)
+        self._count(batch[0].kind, len(batch))
+        tokens = sample(logits[:, -1], draws)  # (B,)
+        out.h, out.c = hn, cn
+        for i, (item, token) in enumerate(zip(batch, tokens.tolist(), strict=True)):
+            row = item.stream
+            assert row is not None
+            item.token = token
+            step = row.step_done(token, hn[:, i], cn[:, i])
+            out.index[id(step)] = i
+            out.rows.append(step)
+        self._requeue(batch, out)
+        self._carried = _Carried(batch, hn, cn, draws, tokens)
 
     def _requeue(self, again: list[WorkItem], out: Batch) -> None:
         """Continuing chunks go behind what waits now (fair to the others); rows queue their next step, park on a
@@ -362,10 +394,13 @@ class EngineCore:
         for item, row in zip(batch, rows, strict=True):  # one counter update per kind, not one lookup per row
             fed[item.kind] = fed.get(item.kind, 0) + len(row)
         for kind, count in fed.items():
-            counter = self._token_counters.get(kind)
-            if counter is None:
-                counter = self._token_counters[kind] = self.metrics.tokens.labels(kind)
-            counter.inc(count)
+            self._count(kind, count)
+
+    def _count(self, kind: str, count: int) -> None:
+        counter = self._token_counters.get(kind)
+        if counter is None:
+            counter = self._token_counters[kind] = self.metrics.tokens.labels(kind)
+        counter.inc(count)
 
     def _carried_into(self, batch: list[WorkItem]) -> _Carried | None:
         """The last batch, when this one is its items in its order, each carried on from it."""
@@ -392,13 +427,13 @@ class EngineCore:
         final: list[bool],
         logits: list[np.ndarray],
         block: np.ndarray | None,
-        carried: _Carried | None,
-    ) -> SamplingBatch | None:
+    ) -> tuple[SamplingBatch | None, np.ndarray | None]:
         """Sampling and top-k for every finishing row, in one call each over the batch (`block`: every row's last
-        logits (B, V) when the batch ran as one block). Returns the sampling parameters when every row drew with
-        them, for the next turn of the same rows."""
+        logits (B, V) when the batch ran as one block). Returns the sampling parameters and the tokens (B,) when
+        every row drew with them in one call, for the next turn of the same rows; else (None, None)."""
         drawing = [i for i, item in enumerate(batch) if final[i] and item.sample_next is not None]
         params: SamplingBatch | None = None
+        tokens: np.ndarray | None = None
         if 0 < len(drawing) <= FEW_ROWS:  # per row, no parameter arrays to build
             for i in drawing:
                 d = batch[i].sample_next
@@ -406,12 +441,13 @@ class EngineCore:
                 x = logits[i] if logits[i].ndim == 1 else logits[i][-1]
                 batch[i].token = sample_row(x, d.temperature, d.top_k, d.top_p, d.seed, d.index)
         elif drawing:
-            params = self._draws(batch, drawing, carried)
+            params = self._draws(batch, drawing)
             if block is not None and len(drawing) == len(batch):
                 last = block  # (B, V): every row draws
             else:
                 last = np.stack([logits[i] if logits[i].ndim == 1 else logits[i][-1] for i in drawing])  # (n, V)
-            for i, token in zip(drawing, sample(last, params).tolist(), strict=True):
+            tokens = sample(last, params)
+            for i, token in zip(drawing, tokens.tolist(), strict=True):
                 batch[i].token = token
         asking = [i for i, item in enumerate(batch) if final[i] and item.top_k > 0]
         if asking:
@@ -422,14 +458,11 @@ class EngineCore:
             ks = [batch[i].top_k for i in asking]
             for i, top in zip(asking, top_k_rows(last, ks, self.runtime.metadata.tokenizer), strict=True):
                 batch[i].top = top
-        return params if len(drawing) == len(batch) else None
+        return (params, tokens) if len(drawing) == len(batch) else (None, None)
 
     @staticmethod
-    def _draws(batch: list[WorkItem], drawing: list[int], carried: _Carried | None) -> SamplingBatch:
-        """The drawing rows' sampling parameters: a carried batch whose every row drew last turn draws with the
-        same ones a token further on (a row's draw index goes up by one per step), else built from the rows."""
-        if carried is not None and carried.draws is not None and len(drawing) == len(batch):
-            return carried.draws.advanced()
+    def _draws(batch: list[WorkItem], drawing: list[int]) -> SamplingBatch:
+        """The drawing rows' sampling parameters, as arrays."""
         draws = [batch[i].sample_next for i in drawing]
         return SamplingBatch.from_rows(
             [d.temperature for d in draws if d is not None],
