@@ -64,7 +64,8 @@ class Metrics:
         )
         self.queue_wait = Histogram(
             PREFIX + "queue_wait_seconds",
-            "Time a work item waited in the batch queue before its batch started.",
+            "Time a request's work item waited in the batch queue before its batch started (a generation's "
+            "steps after its prompt are scheduled by the engine itself and not counted).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

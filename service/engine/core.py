@@ -301,7 +301,9 @@ class EngineCore:
     def _run_batch(self, batch: list[WorkItem], out: Batch) -> None:
         started = time.monotonic()
         for item in batch:
-            if not item.fed:  # a continuing chunk waited behind the others on purpose
+            # A continuing chunk waited behind the others on purpose; a stream's steps are queued by this thread
+            # right after its last one (64 observations a batch with 64 streams, and nothing a caller waited on).
+            if not item.fed and item.stream is None:
                 self.metrics.queue_wait.observe(started - item.enqueued_at)
         self.batches += 1
         self.metrics.batch_size.observe(len(batch))

@@ -62,7 +62,7 @@ class GenerationParams:
     stop: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per token (a frozen __init__ costs three times as much)
 class Token:
     """One generated token; `position` is the session's (or stateless row's) position after it."""
 

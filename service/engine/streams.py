@@ -148,7 +148,7 @@ class StreamRow:
         self._remaining -= 1
         self.computed += 1
         finish: FinishReason | None = None
-        if self._stop.feed(self.chars[token]) is not None:
+        if self._stop.stops and self._stop.feed(self.chars[token]) is not None:
             finish = "stop"
         elif self._remaining == 0:
             finish = "length"
