@@ -223,19 +223,25 @@ class EngineCore:
 
     @staticmethod
     def _row_item(row: StreamRow) -> WorkItem:
-        """The row's next step. A row has one work item, reused step after step (only this thread touches it)."""
+        """The row's work item, reused step after step (only this thread touches it). What it feeds next is filled
+        in by `_refresh` when a batch needs it: a steady batch (`_run_steady`) reads the row's cursor from the last
+        batch's outputs instead."""
         item = row.work
         if item is None:
             item = row.work = WorkItem(
                 ids=np.array([row.next_token], dtype=np.int64), session_id=row.session_id, kind="generated"
             )
             item.stream = row
+        item.enqueued_at = time.monotonic()  # a batch delay (max_batch_delay_s) counts from the oldest queued step
+        return item
+
+    @staticmethod
+    def _refresh(item: WorkItem, row: StreamRow) -> None:
+        """A row's item with the row's cursor: the token it feeds, its state and its draw."""
         item.ids[0] = row.next_token
         item.sample_next = row.sample_next()
         item.state = (row.h, row.c)
         item.token = None
-        item.enqueued_at = time.monotonic()
-        return item
 
     # ---- the thread ------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -311,6 +317,9 @@ class EngineCore:
         if carried is not None and carried.draws is not None and carried.tokens is not None:
             self._run_steady(batch, carried.h, carried.c, carried.draws.advanced(), carried.tokens, out)
             return
+        for item in batch:
+            if item.stream is not None:
+                self._refresh(item, item.stream)
         h, c = self._states(batch, carried)
         rows = [self._chunk(item) for item in batch]
         final = [item.fed + len(row) == len(item.ids) for item, row in zip(batch, rows, strict=True)]

@@ -107,7 +107,7 @@ class StreamRow:
         # The engine thread's cursor.
         self.next_token = next_token  # drawn, not fed yet
         self.h, self.c = h, c  # (layers, hidden) each: the state next_token is fed to
-        self._draw = draw  # its index is the index of the token the next step draws
+        self._draw = draw  # its index is the index of the token the first step draws (`sample_next`)
         self._remaining = max_tokens  # tokens still to feed
         self._stop = stop
         self.computed = 0  # tokens fed so far
@@ -137,14 +137,14 @@ class StreamRow:
         return self.computed - self.taken >= self.window
 
     def sample_next(self) -> SampleNext:
-        return self._draw
+        """How the next step draws: the generation's parameters at the index of the token it draws."""
+        d = self._draw
+        return SampleNext(d.temperature, d.top_k, d.top_p, d.seed, d.index + self.computed)
 
     def step_done(self, drawn: int, h: np.ndarray, c: np.ndarray) -> RowStep:
         """The step that fed `next_token` ran: move the cursor on to the token it drew."""
         token = self.next_token
         self.next_token, self.h, self.c = drawn, h, c
-        d = self._draw
-        self._draw = SampleNext(d.temperature, d.top_k, d.top_p, d.seed, d.index + 1)
         self._remaining -= 1
         self.computed += 1
         finish: FinishReason | None = None
