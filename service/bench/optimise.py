@@ -35,7 +35,7 @@ PAIRS = (
     (
         "stream token groups",
         "every token woken and written alone (stream_group_tokens 1)",
-        "up to 4 a write, none held over 20 ms (the product's)",
+        "up to 8 a write, none held over 20 ms (the product's)",
         "ungrouped",
         "main",
         ("stream",),

@@ -22,7 +22,7 @@ class EngineConfig:
     max_sessions_per_key: int = 1_000  # per owner tag (an API key, or an anonymous client); 0: only max_sessions
     max_generate_tokens: int = 1_000  # tokens per generation
     max_streams_per_key: int = 64  # concurrent generations per API key; 0: unbounded
-    stream_group_tokens: int = 4  # a stream's consumer is woken once this many tokens are ready (streams.Grouping)
+    stream_group_tokens: int = 8  # a stream's consumer is woken once this many tokens are ready (streams.Grouping)
     stream_group_delay_s: float = 0.02  # ... or once the oldest has waited this long
     max_sequences: int = 10_000  # Open Inference Protocol sequences remembered (one session each)
     sweep_interval_s: float = 5.0  # how often expired sessions are swept

@@ -134,9 +134,12 @@ async def test_an_error_midway_is_an_event_then_done(client: AppClient, monkeypa
 # --- disconnects: an ASGI harness that sees exactly what was sent and when the client goes --------------------
 
 
-@pytest.fixture
-async def app(make_settings: SettingsFactory) -> AsyncIterator[FastAPI]:
-    application = create_app(make_settings())
+@pytest.fixture(params=[1, None], ids=["token by token", "in groups"])
+async def app(make_settings: SettingsFactory, request: pytest.FixtureRequest) -> AsyncIterator[FastAPI]:
+    """Streams hand their tokens out one by one (a send per token, so a client can go away after any count of
+    them) or in the default groups (a send per group)."""
+    group = {} if request.param is None else {"stream_group_tokens": request.param}
+    application = create_app(make_settings(**group))
     async with application.router.lifespan_context(application):
         yield application
 
@@ -144,9 +147,9 @@ async def app(make_settings: SettingsFactory) -> AsyncIterator[FastAPI]:
 async def stream_then_disconnect(
     app: FastAPI, path: str, body: dict[str, Any], keep: int, stop_reading: bool
 ) -> list[dict[str, Any]]:
-    """POST a streamed generation and go away after `keep` token events have been sent: at once (the connection
-    closes) or, with stop_reading, by no longer reading so that the next send blocks until the disconnect.
-    Returns the token events whose sends completed."""
+    """POST a streamed generation and go away once `keep` token events (or, when a send carries several, the first
+    send that reaches `keep`) have been sent: at once (the connection closes) or, with stop_reading, by no longer
+    reading so that the next send blocks until the disconnect. Returns the token events whose sends completed."""
     raw = json.dumps(body).encode()
     disconnect = asyncio.Event()
     decoder = SSEDecoder()
@@ -165,11 +168,11 @@ async def stream_then_disconnect(
         if message["type"] != "http.response.body":
             return
         tokens = [json.loads(e.data) for e in decoder.feed(message.get("body", b"")) if e.data.startswith('{"token"')]
-        if len(sent) == keep and tokens and stop_reading:
+        if len(sent) >= keep and tokens and stop_reading:
             disconnect.set()
             await asyncio.Event().wait()  # never returns: this send is cut off by the disconnect
         sent.extend(tokens)
-        if len(sent) == keep and not stop_reading:
+        if len(sent) >= keep and not stop_reading:
             disconnect.set()
 
     scope = {
@@ -199,9 +202,10 @@ async def test_disconnect_leaves_the_session_at_the_tokens_sent(app: FastAPI, st
     sent = await stream_then_disconnect(
         app, f"/v1/sessions/{sid}/generate", {"max_tokens": 1000, "temperature": 0, "stream": True}, keep, stop_reading
     )
-    assert len(sent) == keep
+    grouped = engine.config.stream_group_tokens > 1
+    assert keep <= len(sent) < keep + engine.config.stream_group_tokens if grouped else len(sent) == keep
     position = (await engine.get_session(sid)).position
-    assert position == len(PROMPT) + keep == sent[-1]["position"]  # exactly the tokens sent, no more
+    assert position == len(PROMPT) + len(sent) == sent[-1]["position"]  # exactly the tokens sent, no more
     # And the state is that of exactly those tokens.
     text = "".join(t["token"] for t in sent)
     after = await engine.session_predict(sid, text="a", top_k=5)
