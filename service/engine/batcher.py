@@ -327,7 +327,7 @@ class Batcher:
             return
         assert item.logits is not None and batch.h is not None and batch.c is not None
         col = batch.index[id(item)]
-        h, c = batch.h[:, col].copy(), batch.c[:, col].copy()  # (L, H) each
+        h, c = batch.h[:, col], batch.c[:, col]  # (L, H) views of the batch's outputs, which nothing writes again
         if item.session_id is None:
             position = item.start_position + len(item.ids)
             item.future.set_result(StepResult(item.logits, position, None, h, c, item.token, item.top))
