@@ -407,17 +407,14 @@ class Engine:
         if session_id is not None:
             if continue_from is not None:
                 raise InvalidInput("a session step continues from the session's own state")
-            async with self._locks.hold(session_id):  # what `session` holds, without a lease for one step
-                return await self._submit(
-                    WorkItem(
-                        ids=ids,
-                        session_id=session_id,
-                        expected_position=expected_position,
-                        sample_next=sample_next,
-                        kind=kind,
-                        all_logits=all_logits,
-                        top_k=top_k,
-                    )
+            async with self._locks.hold(session_id):  # what `session` holds, without its generator-based wrapper
+                return await SessionLease(self, session_id).step(
+                    ids,
+                    expected_position=expected_position,
+                    sample_next=sample_next,
+                    kind=kind,
+                    all_logits=all_logits,
+                    top_k=top_k,
                 )
         if expected_position is not None:
             raise InvalidInput("expected_position applies to sessions only")
