@@ -34,6 +34,7 @@ from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import anyio
 import numpy as np
 
 from service.engine.sampling import InvalidSamplingParams, StopMatcher, sample_row, validate_params
@@ -231,7 +232,7 @@ class Generator:
                     yield event
                     run.confirm(1)
         finally:
-            await run.close()
+            await _closed(run)
 
     async def stream_groups(self, plan: Plan, *, all_or_nothing: bool = False) -> AsyncGenerator[list[Event], None]:
         """Like `stream`, but each item is every event ready at that moment (one, or several when the consumer
@@ -245,7 +246,18 @@ class Generator:
                 yield group
                 run.confirm(len(group))
         finally:
-            await run.close()
+            await _closed(run)
+
+
+async def _closed(run: _Run) -> None:
+    """`run.close()`, carried to its end even when the consumer's task was cancelled. sse-starlette runs a stream
+    in an anyio task group and cancels it when the client goes away; anyio raises that cancellation again at every
+    await inside the cancelled scope, so an unshielded close stopped at its first wait (for the engine to let go of
+    the row) and never put the session back: it kept up to a window of tokens that were never sent. The shield
+    holds only for this cleanup (one engine turn, one compare-and-set write); plain asyncio cancellation, raised
+    once, never needed it."""
+    with anyio.CancelScope(shield=True):
+        await run.close()
 
 
 @dataclass(slots=True)

@@ -13,6 +13,8 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.client import SSEDecoder
+from service.engine.batcher import Batcher
+from service.engine.streams import StreamRow
 from service.errors import EngineError, StateStoreUnavailable
 from service.state.store import SessionRecord
 from tests.service.conftest import AppClient, SettingsFactory
@@ -211,6 +213,31 @@ async def test_disconnect_leaves_the_session_at_the_tokens_sent(app: FastAPI, st
     after = await engine.session_predict(sid, text="a", top_k=5)
     whole = await engine.predict(text=PROMPT + text + "a", top_k=5)
     assert [t.id for t in after.next] == [t.id for t in whole.next]
+    assert engine.metrics.streams_in_progress._value.get() == 0
+
+
+async def test_a_disconnect_puts_the_session_back_even_when_the_engine_is_slow_to_let_go(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sse-starlette cancels a stream whose client went away in an anyio task group, which raises the cancellation
+    again at every await: the put-back must still run to its end when it has to wait for the engine (here 50 ms,
+    as under load) before writing the session back."""
+    stop_stream = Batcher.stop_stream
+
+    async def slow_to_let_go(self: Batcher, row: StreamRow) -> None:
+        await asyncio.sleep(0.05)
+        await stop_stream(self, row)
+
+    monkeypatch.setattr(Batcher, "stop_stream", slow_to_let_go)
+    engine = app.state.engine
+    record, _ = await engine.create_session(text=PROMPT)
+    sid = record.session_id
+    sent = await stream_then_disconnect(
+        app, f"/v1/sessions/{sid}/generate", {"max_tokens": 1000, "temperature": 0, "stream": True}, 1, False
+    )
+    assert sent
+    await asyncio.sleep(0.3)  # a row nobody stopped would go on writing its window of tokens meanwhile
+    assert (await engine.get_session(sid)).position == len(PROMPT) + len(sent) == sent[-1]["position"]
     assert engine.metrics.streams_in_progress._value.get() == 0
 
 
