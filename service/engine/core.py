@@ -75,10 +75,7 @@ def _run_model(
     length = len(rows[0])
     if not any(all_logits) and all(len(r) == length for r in rows):
         ids = rows[0][None] if len(rows) == 1 else np.concatenate(rows).reshape(len(rows), length)  # (B, T)
-        t0, cpu0 = time.perf_counter(), time.thread_time()
-        logits, hn, cn = runtime.run(ids, h, c)
-        if metrics is not None:
-            _observe_run(metrics, t0, cpu0)
+        logits, hn, cn = _timed_run(runtime, ids, h, c, metrics)
         last = logits[:, -1]  # (B, V)
         return list(last), last, hn, cn
     lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
@@ -88,10 +85,7 @@ def _run_model(
         active = np.flatnonzero(lens >= length).tolist()  # rows still running: (b,)
         ids = np.stack([rows[i][done:length] for i in active])  # (b, length - done)
         whole = len(active) == len(rows)
-        t0, cpu0 = time.perf_counter(), time.thread_time()
-        logits, hn, cn = runtime.run(ids, h if whole else h[:, active], c if whole else c[:, active])
-        if metrics is not None:
-            _observe_run(metrics, t0, cpu0)
+        logits, hn, cn = _timed_run(runtime, ids, h if whole else h[:, active], c if whole else c[:, active], metrics)
         if whole:  # always so for the first run (every row is at least the shortest): the caller's h, c are
             h, c = hn, cn  # never written; ORT's fresh outputs (L, B, H) are the batch's states from here on
         else:
@@ -107,11 +101,17 @@ def _run_model(
     return out, None, h, c
 
 
-def _observe_run(metrics: Metrics, t0: float, cpu0: float) -> None:
-    """One ORT run's wall time (from perf_counter `t0`) and this thread's CPU time in it (from thread_time `cpu0`):
-    the gap is waiting, for a core or for the GIL once the run is done."""
-    metrics.inference_cpu.inc(time.thread_time() - cpu0)
-    metrics.inference_latency.observe(time.perf_counter() - t0)
+def _timed_run(
+    runtime: OnnxRuntime, ids: np.ndarray, h: np.ndarray, c: np.ndarray, metrics: Metrics | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`runtime.run`, with its wall time and this thread's CPU time in it recorded: the gap is waiting, for a core
+    or for the GIL once the run is done."""
+    t0, cpu0 = time.perf_counter(), time.thread_time()
+    out = runtime.run(ids, h, c)
+    if metrics is not None:
+        metrics.inference_cpu.inc(time.thread_time() - cpu0)
+        metrics.inference_latency.observe(time.perf_counter() - t0)
+    return out
 
 
 @dataclass(slots=True)
@@ -122,8 +122,9 @@ class _Carried:
     items: list[WorkItem]
     h: np.ndarray  # (L, B, H): the batch's ORT outputs, column i the state of items[i]
     c: np.ndarray
-    draws: SamplingBatch | None  # every item (a stream's row) drew with these; the next turn draws one step on
-    tokens: np.ndarray | None  # (B,) int64: what they drew, which is what each row feeds next turn
+    # Every item (a stream's row) drew in one call: with these parameters, these tokens (B,) int64, which are what
+    # each row feeds next turn (drawing with the parameters one step on); None otherwise.
+    drawn: tuple[SamplingBatch, np.ndarray] | None
 
 
 @dataclass(slots=True)
@@ -314,8 +315,9 @@ class EngineCore:
         self.batches += 1
         self.metrics.batch_size.observe(len(batch))
         carried = self._carried_into(batch)
-        if carried is not None and carried.draws is not None and carried.tokens is not None:
-            self._run_steady(batch, carried.h, carried.c, carried.draws.advanced(), carried.tokens, out)
+        if carried is not None and carried.drawn is not None:
+            draws, tokens = carried.drawn
+            self._run_steady(batch, carried.h, carried.c, draws.advanced(), tokens, out)
             return
         for item in batch:
             if item.stream is not None:
@@ -353,7 +355,7 @@ class EngineCore:
                 out.finished.append(item)
         self._requeue(again, out)
         # The same rows in the same order next turn (streams in their steady state) run from hn, cn directly.
-        self._carried = _Carried(batch, hn, cn, *drawn) if len(again) == len(batch) else None
+        self._carried = _Carried(batch, hn, cn, drawn) if len(again) == len(batch) else None
 
     def _run_steady(
         self,
@@ -367,9 +369,7 @@ class EngineCore:
         """Many streams in their steady state: the same rows as last turn, in its order, each feeding the token it
         drew then. Every input is that turn's output as it is: the drawn tokens `ids` (B,), the states h, c
         (L, B, H), the sampling parameters one step on (`draws`); nothing is gathered or rebuilt per row."""
-        t0, cpu0 = time.perf_counter(), time.thread_time()
-        logits, hn, cn = self.runtime.run(ids[:, None], h, c)  # (B, 1, V), (L, B, H) x2
-        _observe_run(self.metrics, t0, cpu0)
+        logits, hn, cn = _timed_run(self.runtime, ids[:, None], h, c, self.metrics)  # (B, 1, V), (L, B, H) x2
         self._count(batch[0].kind, len(batch))
         tokens = sample(logits[:, -1], draws)  # (B,)
         out.h, out.c = hn, cn
@@ -381,7 +381,7 @@ class EngineCore:
             out.index[id(step)] = i
             out.rows.append(step)
         self._requeue(batch, out)
-        self._carried = _Carried(batch, hn, cn, draws, tokens)
+        self._carried = _Carried(batch, hn, cn, (draws, tokens))
 
     def _requeue(self, again: list[WorkItem], out: Batch) -> None:
         """Continuing chunks go behind what waits now (fair to the others); rows queue their next step, park on a
@@ -438,13 +438,12 @@ class EngineCore:
         final: list[bool],
         logits: list[np.ndarray],
         block: np.ndarray | None,
-    ) -> tuple[SamplingBatch | None, np.ndarray | None]:
+    ) -> tuple[SamplingBatch, np.ndarray] | None:
         """Sampling and top-k for every finishing row, in one call each over the batch (`block`: every row's last
         logits (B, V) when the batch ran as one block). Returns the sampling parameters and the tokens (B,) when
-        every row drew with them in one call, for the next turn of the same rows; else (None, None)."""
+        every row drew with them in one call, for the next turn of the same rows."""
         drawing = [i for i, item in enumerate(batch) if final[i] and item.sample_next is not None]
-        params: SamplingBatch | None = None
-        tokens: np.ndarray | None = None
+        drawn: tuple[SamplingBatch, np.ndarray] | None = None
         if 0 < len(drawing) <= FEW_ROWS:  # per row, no parameter arrays to build
             for i in drawing:
                 d = batch[i].sample_next
@@ -460,6 +459,7 @@ class EngineCore:
             tokens = sample(last, params)
             for i, token in zip(drawing, tokens.tolist(), strict=True):
                 batch[i].token = token
+            drawn = (params, tokens)
         asking = [i for i, item in enumerate(batch) if final[i] and item.top_k > 0]
         if asking:
             if block is not None and len(asking) == len(batch):
@@ -469,7 +469,7 @@ class EngineCore:
             ks = [batch[i].top_k for i in asking]
             for i, top in zip(asking, top_k_rows(last, ks, self.runtime.metadata.tokenizer), strict=True):
                 batch[i].top = top
-        return (params, tokens) if len(drawing) == len(batch) else (None, None)
+        return drawn if len(drawing) == len(batch) else None
 
     @staticmethod
     def _draws(batch: list[WorkItem], drawing: list[int]) -> SamplingBatch:

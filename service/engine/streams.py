@@ -182,10 +182,13 @@ class StreamRow:
 
     def _release(self) -> None:
         """Wake the consumer for what is ready."""
+        self._unhold()
+        self._wake.set()
+
+    def _unhold(self) -> None:
         if self._hold is not None:
             self._hold.cancel()
             self._hold = None
-        self._wake.set()
 
     def fail(self, exc: BaseException) -> None:
         """The stream cannot go on (its session expired, a conflict, draining): the consumer gets `exc` after the
@@ -219,9 +222,7 @@ class StreamRow:
         out = list(self.ready)
         self.ready.clear()
         self.taken += len(out)
-        if self._hold is not None:  # what it held back is taken
-            self._hold.cancel()
-            self._hold = None
+        self._unhold()  # what it held back is taken
         if self.resume is not None:
             self.resume(self)
         return out

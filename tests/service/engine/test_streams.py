@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from service.config import Settings
 from service.engine.sampling import StopMatcher
 from service.engine.steps import SampleNext
-from service.engine.streams import MAX_GROUP_TOKENS, STREAM_WINDOW, Grouping, RowStep, StreamRow
+from service.engine.streams import MAX_GROUP_TOKENS, STREAM_WINDOW, Emitted, Grouping, RowStep, StreamRow
 
 STATE = np.zeros((2, 8), dtype=np.float32)  # (layers, hidden)
 
@@ -39,6 +39,17 @@ def written(r: StreamRow, token: int, finish: str | None = None) -> None:
     r.advance(RowStep(r, token, STATE, STATE, finish), r.position + 1, None)  # type: ignore[arg-type]
 
 
+async def waiting_consumer(r: StreamRow) -> asyncio.Task[list[Emitted]]:
+    """A consumer that has taken what was ready and now waits for its next tokens."""
+    task = asyncio.create_task(r.take())
+    await asyncio.sleep(0)
+    return task
+
+
+async def tokens_of(task: asyncio.Task[list[Emitted]], timeout_s: float) -> list[int]:
+    return [e.token for e in await asyncio.wait_for(task, timeout_s)]
+
+
 async def taken_within(r: StreamRow, timeout_s: float) -> list[int] | None:
     """The tokens a waiting consumer gets within timeout_s; None if it is still waiting then."""
     try:
@@ -51,25 +62,23 @@ async def test_the_first_token_goes_at_once_then_groups_of_the_set_size() -> Non
     r = row(Grouping(tokens=3, delay_s=30.0))
     written(r, 5)
     assert await taken_within(r, 1.0) == [5]  # time to first token is never held
-    waiting = asyncio.create_task(r.take())
-    await asyncio.sleep(0)  # the consumer is waiting for its next tokens
+    consumer = await waiting_consumer(r)  # the consumer is waiting for its next tokens
     written(r, 6)
     written(r, 7)
     await asyncio.sleep(0.05)
-    assert not waiting.done()  # two of three: held
+    assert not consumer.done()  # two of three: held
     written(r, 8)
-    assert [e.token for e in await asyncio.wait_for(waiting, 1.0)] == [6, 7, 8]
+    assert await tokens_of(consumer, 1.0) == [6, 7, 8]
 
 
 async def test_a_held_token_goes_out_after_the_delay() -> None:
     r = row(Grouping(tokens=MAX_GROUP_TOKENS, delay_s=0.05))
     written(r, 5)
     await r.take()
-    waiting = asyncio.create_task(r.take())
-    await asyncio.sleep(0)
+    consumer = await waiting_consumer(r)
     started = time.monotonic()
     written(r, 6)
-    assert [e.token for e in await asyncio.wait_for(waiting, 2.0)] == [6]
+    assert await tokens_of(consumer, 2.0) == [6]
     assert 0.04 <= time.monotonic() - started < 1.0
 
 
@@ -77,20 +86,18 @@ async def test_the_end_and_an_error_go_at_once() -> None:
     r = row(Grouping(tokens=MAX_GROUP_TOKENS, delay_s=30.0))
     written(r, 5)
     await r.take()
-    waiting = asyncio.create_task(r.take())
-    await asyncio.sleep(0)
+    consumer = await waiting_consumer(r)
     written(r, 6)
     written(r, 7, finish="length")
-    assert [e.token for e in await asyncio.wait_for(waiting, 1.0)] == [6, 7]
+    assert await tokens_of(consumer, 1.0) == [6, 7]
     assert await taken_within(r, 1.0) == []  # finished, everything taken
     failing = row(Grouping(tokens=MAX_GROUP_TOKENS, delay_s=30.0))
     written(failing, 5)
     await failing.take()
-    waiting = asyncio.create_task(failing.take())
-    await asyncio.sleep(0)
+    consumer = await waiting_consumer(failing)
     written(failing, 6)
     failing.fail(RuntimeError("store gone"))
-    assert [e.token for e in await asyncio.wait_for(waiting, 1.0)] == [6]  # the tokens before the error first
+    assert await tokens_of(consumer, 1.0) == [6]  # the tokens before the error first
     with pytest.raises(RuntimeError, match="store gone"):
         await asyncio.wait_for(failing.take(), 1.0)
 
