@@ -63,3 +63,36 @@ async def test_an_error_inside_releases_the_key() -> None:
     assert len(locks) == 0
     async with asyncio.timeout(1.0), locks.hold("a"):  # not left locked
         pass
+
+
+async def test_a_waiter_cancelled_as_the_key_reaches_it_hands_it_on() -> None:
+    locks = KeyedLocks()
+    got: list[str] = []
+
+    async def wait_for(name: str) -> None:
+        async with locks.hold("a"):
+            got.append(name)
+
+    async with locks.hold("a"):
+        first = asyncio.create_task(wait_for("first"))
+        second = asyncio.create_task(wait_for("second"))
+        await asyncio.sleep(0)  # both wait, in this order
+    first.cancel()  # the release above handed "a" to `first`, which has not run yet
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    async with asyncio.timeout(1.0):
+        await second  # the key went on to `second` instead of staying held by a request that is gone
+    assert got == ["second"] and len(locks) == 0
+
+
+async def test_a_free_key_is_taken_without_waiting_for_the_event_loop() -> None:
+    locks = KeyedLocks()
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
+    task = asyncio.create_task(other())
+    async with locks.hold("a"):
+        assert ran == []  # taking a free key gave no other task a turn
+    await task
