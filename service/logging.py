@@ -28,25 +28,66 @@ class JsonFormatter(logging.Formatter):
         self._second = -1  # the second `_prefix` was formatted for: a line per request makes many per second
         self._prefix = ""
 
-    def _ts(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+    def _ts(self, created: float, msecs: float) -> str:
+        second = int(created)
         if second != self._second:  # formatting runs under the handler's lock: one thread at a time
             self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int(record.msecs):03d}Z"
+        return f"{self._prefix}.{int(msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": self._ts(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+        fields = {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            fields["exc"] = self.formatException(record.exc_info)
+        return self.line(record.created, record.msecs, record.levelname, record.name, record.getMessage(), fields)
+
+    def line(self, created: float, msecs: float, level: str, name: str, msg: str, fields: dict[str, Any]) -> str:
+        """The JSON object of one line: ts, level, logger and msg first, then the fields in their order."""
+        entry: dict[str, Any] = {"ts": self._ts(created, msecs), "level": level.lower(), "logger": name, "msg": msg}
+        entry.update(fields)
         return orjson.dumps(entry, default=_default).decode()
+
+
+class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The server's handler: JSON lines on a stream, with uvicorn's records made safe (ServerLogFilter).
+
+    `write` puts a line straight from its fields, without a LogRecord, for the one line every request logs
+    (service/api/middleware.py): making the record and passing it through the logger tree and the handler's
+    filter cost the event loop about as much as formatting and writing it. `sole_handler` says when that is the
+    same as logging it.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.json = JsonFormatter()
+        self.setFormatter(self.json)
+        self.addFilter(ServerLogFilter())  # it passes every record not from uvicorn: `write` is never for those
+
+    def write(self, level: int, name: str, msg: str, fields: dict[str, Any]) -> None:
+        """One line, as `format` would write a record of `name` at `level` whose extra fields are `fields`."""
+        created = time.time()
+        msecs = int((created - int(created)) * 1000)  # as LogRecord computes it
+        line = self.json.line(created, msecs, logging.getLevelName(level), name, msg, fields)
+        with self.lock:  # type: ignore[union-attr]
+            self.stream.write(line + self.terminator)
+            self.flush()
+
+
+def sole_handler(logger: logging.Logger, level: int) -> JsonLinesHandler | None:
+    """The JsonLinesHandler that alone would write a record of `logger` at `level`, with no filter but its own;
+    None when the record would not be written, or would also go elsewhere (a test's capture, a second handler)."""
+    if not logger.isEnabledFor(level) or logger.disabled or logger.filters:
+        return None
+    found: JsonLinesHandler | None = None
+    node: logging.Logger | None = logger
+    while node is not None:  # the loggers whose handlers see the record (Logger.callHandlers)
+        for handler in node.handlers:
+            if found is not None or not isinstance(handler, JsonLinesHandler):
+                return None
+            found = handler
+        node = node.parent if node.propagate else None
+    if found is None or level < found.level or len(found.filters) != 1:
+        return None
+    return found
 
 
 class PlainFormatter(logging.Formatter):
@@ -109,11 +150,13 @@ class EveryInterval:
 
 def setup_logging(level: str = "INFO", json_lines: bool = True) -> None:
     """Route our loggers and uvicorn's through one stderr handler with the chosen format."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(ServerLogFilter())
-    handler.setFormatter(
-        JsonFormatter() if json_lines else PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler: logging.Handler
+    if json_lines:
+        handler = JsonLinesHandler(sys.stderr)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.addFilter(ServerLogFilter())
+        handler.setFormatter(PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # No line shows the thread or process a record came from: skip looking them up for every record.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()

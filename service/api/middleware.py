@@ -20,6 +20,7 @@ from service.api.access import AccessControl, guarded
 from service.api.errors import engine_error_response
 from service.api.fast_predict import FastPredict
 from service.errors import RequestTimeout
+from service.logging import sole_handler
 from service.metrics import Metrics
 
 log = logging.getLogger("service.access")
@@ -197,7 +198,13 @@ class ServiceMiddleware:
                 "latency_ms": round(elapsed * 1000, 3),
                 "session_id": session_id,
             }
-            log.handle(log.makeRecord(log.name, logging.INFO, __file__, _LOG_LINE, "request", (), None, "_log", extra))
+            handler = sole_handler(log, logging.INFO)
+            if handler is not None:  # the same line, without a LogRecord (service/logging.py)
+                handler.write(logging.INFO, log.name, "request", extra)
+            else:
+                log.handle(
+                    log.makeRecord(log.name, logging.INFO, __file__, _LOG_LINE, "request", (), None, "_log", extra)
+                )
 
 
 # The request line's record is made directly: Logger.info would walk the stack to find its caller (findCaller) for
