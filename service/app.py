@@ -65,6 +65,7 @@ def load_runtime(settings: Settings) -> OnnxRuntime:
         inter_op_threads=settings.inter_op_threads,
         graph_optimization=settings.graph_optimization,
         allow_spinning=settings.allow_spinning,
+        next_token=settings.next_token_graph,
     )
 
 

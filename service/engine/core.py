@@ -34,7 +34,7 @@ import numpy as np
 from service.engine.ort import OnnxRuntime
 from service.engine.sampling import FEW_ROWS, SamplingBatch, sample, sample_row
 from service.engine.streams import RowStep, StreamRow
-from service.engine.topk import top_k_rows
+from service.engine.topk import TokenProb, top_k_rows
 from service.engine.work import WorkItem
 from service.errors import Draining
 from service.metrics import Metrics
@@ -57,8 +57,11 @@ def staircase(
 
     Returns per row its logits ((T_i, V) or the last (V,)) and the final hn, cn (L, B, H).
     """
-    out, _, hn, cn = _run_model(runtime, rows, h, c, all_logits, metrics)
+    out, _, _, hn, cn = _run_model(runtime, rows, h, c, all_logits, metrics)
     return out, hn, cn
+
+
+Top = tuple[np.ndarray, np.ndarray]  # the next-token graph's answer: probabilities (B, k) float64, ids (B, k) int64
 
 
 def _run_model(
@@ -68,16 +71,18 @@ def _run_model(
     c: np.ndarray,
     all_logits: Sequence[bool],
     metrics: Metrics | None,
-) -> tuple[list[np.ndarray], np.ndarray | None, np.ndarray, np.ndarray]:
+    top_k: int = 0,
+) -> tuple[list[np.ndarray], np.ndarray | None, Top | None, np.ndarray, np.ndarray]:
     """`staircase`, plus the (B, V) block of every row's last logits when the batch ran as one block (rows of one
     length, none asking for all positions: generation and one-character steps), so post-processing needs no
-    re-stacking."""
+    re-stacking; and for such a batch, with `top_k` > 0 and the runtime's next-token graph, every row's top_k most
+    likely next tokens from the graph itself (service/engine/next_token.py)."""
     length = len(rows[0])
     if not any(all_logits) and all(len(r) == length for r in rows):
         ids = rows[0][None] if len(rows) == 1 else np.concatenate(rows).reshape(len(rows), length)  # (B, T)
-        logits, hn, cn = _timed_run(runtime, ids, h, c, metrics)
+        logits, hn, cn, top = _timed_run(runtime, ids, h, c, metrics, top_k if runtime.has_next_token else 0)
         last = logits[:, -1]  # (B, V)
-        return list(last), last, hn, cn
+        return list(last), last, top, hn, cn
     lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     pieces: list[list[np.ndarray]] = [[] for _ in rows]
     done = 0
@@ -85,7 +90,9 @@ def _run_model(
         active = np.flatnonzero(lens >= length).tolist()  # rows still running: (b,)
         ids = np.stack([rows[i][done:length] for i in active])  # (b, length - done)
         whole = len(active) == len(rows)
-        logits, hn, cn = _timed_run(runtime, ids, h if whole else h[:, active], c if whole else c[:, active], metrics)
+        logits, hn, cn, _ = _timed_run(
+            runtime, ids, h if whole else h[:, active], c if whole else c[:, active], metrics
+        )
         if whole:  # always so for the first run (every row is at least the shortest): the caller's h, c are
             h, c = hn, cn  # never written; ORT's fresh outputs (L, B, H) are the batch's states from here on
         else:
@@ -98,20 +105,25 @@ def _run_model(
                 pieces[i].append(logits[j, -1])  # (V,): this row's last position
         done = length
     out = [np.concatenate(p) if all_logits[i] else p[0] for i, p in enumerate(pieces)]
-    return out, None, h, c
+    return out, None, None, h, c
 
 
 def _timed_run(
-    runtime: OnnxRuntime, ids: np.ndarray, h: np.ndarray, c: np.ndarray, metrics: Metrics | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`runtime.run`, with its wall time and this thread's CPU time in it recorded: the gap is waiting, for a core
-    or for the GIL once the run is done."""
+    runtime: OnnxRuntime, ids: np.ndarray, h: np.ndarray, c: np.ndarray, metrics: Metrics | None, top_k: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Top | None]:
+    """`runtime.run` (or `run_top` with `top_k` > 0), with its wall time and this thread's CPU time in it
+    recorded: the gap is waiting, for a core or for the GIL once the run is done."""
     t0, cpu0 = time.perf_counter(), time.thread_time()
-    out = runtime.run(ids, h, c)
+    top: Top | None = None
+    if top_k:
+        logits, hn, cn, probs, top_ids = runtime.run_top(ids, h, c, top_k)
+        top = probs, top_ids
+    else:
+        logits, hn, cn = runtime.run(ids, h, c)
     if metrics is not None:
         metrics.inference_cpu.inc(time.thread_time() - cpu0)
         metrics.inference_latency.observe(time.perf_counter() - t0)
-    return out
+    return logits, hn, cn, top
 
 
 @dataclass(slots=True)
@@ -167,6 +179,8 @@ class EngineCore:
         self._stopping = False  # the thread ends once the queue is empty
         self._thread = threading.Thread(target=self._run, name="lstm-serve-engine", daemon=True)
         self._zero = np.zeros((runtime.layers, runtime.hidden), dtype=np.float32)  # a fresh row's h and c
+        self._vocab = runtime.vocab_size
+        self._chars = runtime.metadata.tokenizer.chars
         self._carried: _Carried | None = None  # see _run_batch
         self._token_counters: dict[str, Counter] = {}  # the tokens counter's child per kind, looked up once
         self.batches = 0
@@ -326,9 +340,10 @@ class EngineCore:
         rows = [self._chunk(item) for item in batch]
         final = [item.fed + len(row) == len(item.ids) for item, row in zip(batch, rows, strict=True)]
         all_logits = [item.all_logits for item in batch]
-        logits, block, hn, cn = _run_model(self.runtime, rows, h, c, all_logits, self.metrics)
+        top_k = min(max((item.top_k for item, f in zip(batch, final, strict=True) if f), default=0), self._vocab)
+        logits, block, top, hn, cn = _run_model(self.runtime, rows, h, c, all_logits, self.metrics, top_k)
         self._count_tokens(batch, rows)
-        drawn = self._post_process(batch, final, logits, block)
+        drawn = self._post_process(batch, final, logits, block, top)
         out.h, out.c = hn, cn
         # Every carried state below is a column view (L, H) of this batch's fresh ORT outputs hn, cn (L, B, H),
         # which nothing writes afterwards: no per-row copies. The commit writes the columns it needs in one
@@ -369,7 +384,7 @@ class EngineCore:
         """Many streams in their steady state: the same rows as last turn, in its order, each feeding the token it
         drew then. Every input is that turn's output as it is: the drawn tokens `ids` (B,), the states h, c
         (L, B, H), the sampling parameters one step on (`draws`); nothing is gathered or rebuilt per row."""
-        logits, hn, cn = _timed_run(self.runtime, ids[:, None], h, c, self.metrics)  # (B, 1, V), (L, B, H) x2
+        logits, hn, cn, _ = _timed_run(self.runtime, ids[:, None], h, c, self.metrics)  # (B, 1, V), (L, B, H) x2
         self._count(batch[0].kind, len(batch))
         tokens = sample(logits[:, -1], draws)  # (B,)
         out.h, out.c = hn, cn
@@ -438,10 +453,12 @@ class EngineCore:
         final: list[bool],
         logits: list[np.ndarray],
         block: np.ndarray | None,
+        top: Top | None,
     ) -> tuple[SamplingBatch, np.ndarray] | None:
         """Sampling and top-k for every finishing row, in one call each over the batch (`block`: every row's last
-        logits (B, V) when the batch ran as one block). Returns the sampling parameters and the tokens (B,) when
-        every row drew with them in one call, for the next turn of the same rows."""
+        logits (B, V) when the batch ran as one block; `top`: the graph's top-k of every row, when it ran the
+        next-token graph). Returns the sampling parameters and the tokens (B,) when every row drew with them in one
+        call, for the next turn of the same rows."""
         drawing = [i for i, item in enumerate(batch) if final[i] and item.sample_next is not None]
         drawn: tuple[SamplingBatch, np.ndarray] | None = None
         if 0 < len(drawing) <= FEW_ROWS:  # per row, no parameter arrays to build
@@ -461,15 +478,25 @@ class EngineCore:
                 batch[i].token = token
             drawn = (params, tokens)
         asking = [i for i, item in enumerate(batch) if final[i] and item.top_k > 0]
-        if asking:
+        if asking and top is not None:
+            self._top_from_graph(batch, asking, top)
+        elif asking:
             if block is not None and len(asking) == len(batch):
                 last = block  # (B, V): every row asks (a batch of one-character predicts)
             else:
                 last = np.stack([logits[i] if logits[i].ndim == 1 else logits[i][-1] for i in asking])  # (n, V)
             ks = [batch[i].top_k for i in asking]
-            for i, top in zip(asking, top_k_rows(last, ks, self.runtime.metadata.tokenizer), strict=True):
-                batch[i].top = top
+            for i, top_i in zip(asking, top_k_rows(last, ks, self.runtime.metadata.tokenizer), strict=True):
+                batch[i].top = top_i
         return drawn if len(drawing) == len(batch) else None
+
+    def _top_from_graph(self, batch: list[WorkItem], asking: list[int], top: Top) -> None:
+        """Each asking row's top-k from the graph's (B, k) answer: one conversion to Python values for the batch."""
+        probs, ids = top if len(asking) == len(batch) else (top[0][asking], top[1][asking])  # (n, k) each
+        chars = self._chars
+        for i, row_p, row_ids in zip(asking, probs.tolist(), ids.tolist(), strict=True):
+            n = min(batch[i].top_k, self._vocab)
+            batch[i].top = [TokenProb(chars[t], t, p) for t, p in zip(row_ids[:n], row_p[:n], strict=True)]
 
     @staticmethod
     def _draws(batch: list[WorkItem], drawing: list[int]) -> SamplingBatch:

@@ -1,8 +1,11 @@
 """ONNX Runtime wrapper: loads the exported model and its metadata, picks the execution provider, runs batches.
 
 The contract (model/export.py): input_ids int64 (B, T), h0 and c0 float32 (L, B, H) -> logits float32
-(B, T, V), hn and cn (L, B, H). The session options favour small latency on CPU: few intra-op threads, no
-spinning (idle threads would burn the cores the event loop needs), full graph optimisation; all configurable.
+(B, T, V), hn and cn (L, B, H). Beside the graph as exported, the runtime holds it with the next-token softmax
+and top-k added (service/engine/next_token.py), for the batches that answer predicts (`run_top`).
+
+The session options favour small latency on CPU: few intra-op threads, no spinning (idle threads would burn the
+cores the event loop needs), full graph optimisation; all configurable.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model.onnx_meta import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata, ModelMetadataError
+from service.engine.next_token import TOP_K, with_next_token
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,7 @@ class OnnxRuntime:
         inter_op_threads: int = 1,
         graph_optimization: GraphOptimization = "all",
         allow_spinning: bool = False,
+        next_token: bool = True,
     ) -> None:
         self.path = path
         opts = session_options(intra_op_threads, inter_op_threads, graph_optimization, allow_spinning)
@@ -118,6 +123,20 @@ class OnnxRuntime:
         self.vocab_size = cfg.vocab_size
         self._lock = threading.Lock()
         self._runs = 0
+        # The graph with softmax and top-k added (service/engine/next_token.py), for batches that answer predicts.
+        self._next_token = self._load_next_token(opts, providers) if next_token else None
+
+    def _load_next_token(self, opts: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession | None:
+        try:
+            return ort.InferenceSession(with_next_token(self.path), sess_options=opts, providers=providers)
+        except Exception:  # an unusual graph: predicts then take their top-k in Python, as staircase batches do
+            log.warning("%s: the next-token nodes cannot be added; top-k runs in Python", self.path, exc_info=True)
+            return None
+
+    @property
+    def has_next_token(self) -> bool:
+        """Whether `run_top` runs softmax and top-k in the graph."""
+        return self._next_token is not None
 
     def _check_contract(self) -> None:
         inputs = tuple(i.name for i in self._session.get_inputs())
@@ -150,3 +169,20 @@ class OnnxRuntime:
         with self._lock:
             self._runs += 1
         return logits, hn, cn
+
+    def run_top(
+        self, ids: np.ndarray, h: np.ndarray, c: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`run`, plus the k most likely next tokens of each row's last position: probabilities (B, k) float64,
+        most likely first, and their ids (B, k) int64; 1 <= k <= vocab_size. Needs `has_next_token`."""
+        assert self._next_token is not None, "run_top needs the next-token graph (has_next_token)"
+        feeds = {
+            "input_ids": np.ascontiguousarray(ids, dtype=np.int64),
+            "h0": np.ascontiguousarray(h, dtype=np.float32),
+            "c0": np.ascontiguousarray(c, dtype=np.float32),
+            TOP_K: np.array([k], dtype=np.int64),
+        }
+        logits, hn, cn, probs, top = self._next_token.run(None, feeds)
+        with self._lock:
+            self._runs += 1
+        return logits, hn, cn, probs, top
