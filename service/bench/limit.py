@@ -47,7 +47,7 @@ def cpu_limit(
     model: Path, batches: Sequence[int], budget_s: float, intra_op_threads: int = 1, prompt_chars: int = 1000
 ) -> dict[str, Any]:
     """Step time at each batch size and one prompt of `prompt_chars` characters in one call."""
-    rt = OnnxRuntime(model, "cpu", intra_op_threads=intra_op_threads)
+    rt = OnnxRuntime(model, "cpu", intra_op_threads=intra_op_threads, next_token=False)  # the graph as exported
     rng = np.random.default_rng(0)
     out: dict[str, Any] = {"provider": "cpu", "intra_op_threads": intra_op_threads, "batches": []}
     for b in batches:
@@ -87,7 +87,10 @@ def cpu_limits(
     `rounds` short slices of the budget and each one's median is over all its slices, so drift on a shared machine
     (another process waking up for a second) hits them alike instead of landing on one artifact's whole window;
     the prompt ingestion of each after the steps."""
-    runtimes = {name: OnnxRuntime(path, "cpu", intra_op_threads=intra_op_threads) for name, path in models.items()}
+    runtimes = {
+        name: OnnxRuntime(path, "cpu", intra_op_threads=intra_op_threads, next_token=False)
+        for name, path in models.items()
+    }
     out: dict[str, dict[str, Any]] = {
         name: {"provider": "cpu", "intra_op_threads": intra_op_threads, "batches": [], "model": str(path)}
         for name, path in models.items()

@@ -40,6 +40,14 @@ PAIRS = (
         "main",
         ("stream",),
     ),
+    (
+        "predicts' softmax and top-k",
+        "in Python on the engine thread (next_token_graph off)",
+        "in the ONNX graph (the product's)",
+        "pytopk",
+        "main",
+        ("predict",),
+    ),
     ("load client", "Python asyncio client (service/bench/load.py)", "wrk (the bench's)", "noop", "noop", ("predict",)),
 )
 
@@ -119,7 +127,7 @@ def micro(ctx: Context) -> list[dict[str, Any]]:
 
     budget = ctx.plan.limit_budget_s
     b = ctx.plan.compare_at
-    rt = OnnxRuntime(ctx.model, "cpu")
+    rt = OnnxRuntime(ctx.model, "cpu", next_token=False)
     rng = np.random.default_rng(ctx.seed)
     logits = rng.standard_normal((b, rt.vocab_size)).astype(np.float32)
     batch = SamplingBatch.from_rows([0.8] * b, [0] * b, [0.95] * b, list(range(b)), [1] * b)

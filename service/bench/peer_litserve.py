@@ -34,7 +34,7 @@ class SessionLSTM(ls.LitAPI):  # type: ignore[misc]
         from model.onnx_meta import ModelMetadata
         from service.engine.ort import OnnxRuntime
 
-        self.rt = OnnxRuntime(self.model, "cpu", intra_op_threads=1)
+        self.rt = OnnxRuntime(self.model, "cpu", intra_op_threads=1, next_token=False)
         import onnx
 
         props = {p.key: p.value for p in onnx.load(str(self.model), load_external_data=False).metadata_props}

@@ -52,7 +52,7 @@ NEEDS: dict[str, set[str]] = {
     "resend": {"main"},
     "stream": {"main", "off", "noop"},
     "steps": {"main"},
-    "optimisations": {"main", "h11", "quiet", "switch", "otel", "ungrouped", "noop"},
+    "optimisations": {"main", "h11", "quiet", "switch", "otel", "ungrouped", "pytopk", "noop"},
     "gpu": {"gpu"},
     "fairness": {"main", "unchunked"},
     "durable": {"main", "durable"},
@@ -83,6 +83,7 @@ def server_specs(
         "switch": servers.ServerSpec("switch", "service", [*main, "--gil-switch-interval-ms", "5"]),
         "otel": servers.ServerSpec("otel", "service", [*main, "--opentelemetry"]),
         "ungrouped": servers.ServerSpec("ungrouped", "service", [*main, "--stream-group-tokens", "1"]),
+        "pytopk": servers.ServerSpec("pytopk", "service", [*main, "--no-next-token-graph"]),
     }
     gpu = servers.product(model, max_batch_size=max(plan.concurrencies), max_sessions=sessions, provider="cuda")
     specs["gpu"] = servers.ServerSpec("gpu", "service", gpu)
