@@ -87,6 +87,10 @@ class Batcher:
         return self._core.batches
 
     @property
+    def handoffs(self) -> int:
+        return self._core.handoffs
+
+    @property
     def queued(self) -> int:
         return len(self._pending) + self._core.queued
 
@@ -234,10 +238,14 @@ class Batcher:
                 self._intake_wake.set()
 
     # ---- 3. commit -------------------------------------------------------------------------------------------
-    def _from_engine_thread(self, batch: Batch) -> None:
+    def _from_engine_thread(self, batches: list[Batch]) -> None:
         loop = self._loop
         assert loop is not None
-        loop.call_soon_threadsafe(self._batches.put_nowait, batch)
+        loop.call_soon_threadsafe(self._take_batches, batches)
+
+    def _take_batches(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            self._batches.put_nowait(batch)
 
     async def _commit_loop(self) -> None:
         while (batch := await self._batches.get()) is not None:

@@ -96,6 +96,7 @@ class EngineStats:
     model_runs: int  # ONNX Runtime calls so far (a batch of rows of several lengths makes several)
     queued: int  # work items waiting for a batch
     busy_sessions: int  # sessions (and sequence keys) with a request holding or waiting for their lock
+    handoffs: int  # times the engine thread handed batches back to the event loop (one wake-up each)
 
 
 class SessionLease:
@@ -340,6 +341,7 @@ class Engine:
             model_runs=0 if runtime is None else runtime.runs,
             queued=0 if batcher is None else batcher.queued,
             busy_sessions=len(self._locks),
+            handoffs=0 if batcher is None else batcher.handoffs,
         )
 
     # ---- input -------------------------------------------------------------------------------------------

@@ -133,6 +133,11 @@ class StreamRow:
         return not self.stopped and self.error is None
 
     @property
+    def group_tokens(self) -> int:
+        """Tokens the consumer is woken for at a time (Grouping.tokens); fixed for the row's life."""
+        return self._grouping.tokens
+
+    @property
     def window_full(self) -> bool:
         return self.computed - self.taken >= self.window
 

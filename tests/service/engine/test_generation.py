@@ -296,3 +296,28 @@ async def test_many_seeded_streams_in_steady_batches_draw_their_own_tokens(gener
     crowd = await asyncio.gather(*(stateless(generator, p) for p in params))
     for p, together in zip(params, crowd, strict=True):
         assert together.tokens == (await stateless(generator, p)).tokens
+
+
+@pytest.mark.parametrize("group", [8, 1])
+async def test_a_lone_streams_tokens_reach_the_event_loop_a_group_at_a_time(
+    make_settings: SettingsFactory, group: int
+) -> None:
+    """One stream's steps are batches of one; the engine thread holds their tokens back until a group's worth is
+    ready (EngineCore._holds), so the event loop is woken once for several. The first token and the last go at once;
+    a stream handed out token by token (groups of 1) is never held. The tokens are the same either way."""
+    serving = Serving(make_settings(stream_group_tokens=group, max_batch_delay_ms=0))
+    await serving.start()
+    try:
+        engine = serving.engine
+        generator = Generator(engine)
+        before = engine.stats().handoffs
+        result = await stateless(generator, generator.params(max_tokens=40, temperature=0))
+        handoffs = engine.stats().handoffs - before
+        prompt = engine.model.metadata.tokenizer.encode(PROMPT)
+        assert list(result.tokens) == greedy_reference(OnnxRuntime(engine.model.path, "cpu"), prompt, 40)
+        if group == 1:
+            assert handoffs >= 40  # one wake-up per token (and one for the prompt's step)
+        else:
+            assert handoffs <= 40 // 2  # about 40 / 8 + the first and the last; held at most 5 ms each
+    finally:
+        await serving.stop()
