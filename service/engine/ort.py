@@ -160,14 +160,8 @@ class OnnxRuntime:
 
     def run(self, ids: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """ids (B, T) int64; h, c (L, B, H) float32 -> logits (B, T, V), hn (L, B, H), cn (L, B, H)."""
-        feeds = {
-            "input_ids": np.ascontiguousarray(ids, dtype=np.int64),
-            "h0": np.ascontiguousarray(h, dtype=np.float32),
-            "c0": np.ascontiguousarray(c, dtype=np.float32),
-        }
-        logits, hn, cn = self._session.run(None, feeds)
-        with self._lock:
-            self._runs += 1
+        logits, hn, cn = self._session.run(None, self._feeds(ids, h, c))
+        self._count_run()
         return logits, hn, cn
 
     def run_top(
@@ -176,13 +170,20 @@ class OnnxRuntime:
         """`run`, plus the k most likely next tokens of each row's last position: probabilities (B, k) float64,
         most likely first, and their ids (B, k) int64; 1 <= k <= vocab_size. Needs `has_next_token`."""
         assert self._next_token is not None, "run_top needs the next-token graph (has_next_token)"
-        feeds = {
+        feeds = self._feeds(ids, h, c)
+        feeds[TOP_K] = np.array([k], dtype=np.int64)
+        logits, hn, cn, probs, top = self._next_token.run(None, feeds)
+        self._count_run()
+        return logits, hn, cn, probs, top
+
+    @staticmethod
+    def _feeds(ids: np.ndarray, h: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
+        return {
             "input_ids": np.ascontiguousarray(ids, dtype=np.int64),
             "h0": np.ascontiguousarray(h, dtype=np.float32),
             "c0": np.ascontiguousarray(c, dtype=np.float32),
-            TOP_K: np.array([k], dtype=np.int64),
         }
-        logits, hn, cn, probs, top = self._next_token.run(None, feeds)
+
+    def _count_run(self) -> None:
         with self._lock:
             self._runs += 1
-        return logits, hn, cn, probs, top
