@@ -30,6 +30,7 @@ from service.api import (
     websocket,
 )
 from service.api.access import AccessControl
+from service.api.access_log import AccessLog
 from service.api.middleware import ServiceMiddleware
 from service.api.playground import routes as playground
 from service.config import Settings
@@ -166,6 +167,7 @@ def create_app(settings: Settings) -> FastAPI:
     engine = serving.engine
     api_keys = settings.api_key_list
     keys = KeyRing.from_settings(api_keys, settings.api_key_file)
+    access_log = AccessLog()
     admin_keys = KeyRing([])
     if keys.enabled and settings.admin_api_key_list:  # admin keys matter only when keys are on; they are keys too
         admin_keys = KeyRing.from_settings(settings.admin_api_key_list, None)
@@ -183,6 +185,7 @@ def create_app(settings: Settings) -> FastAPI:
             await registry.stop()
             if metrics_server is not None:
                 metrics_server.close()
+            access_log.flush()
 
     otel = settings.opentelemetry
     app = FastAPI(
@@ -222,5 +225,6 @@ def create_app(settings: Settings) -> FastAPI:
         metrics=metrics,
         max_bytes=settings.max_request_bytes,
         timeout_s=settings.request_timeout_s,
+        access_log=access_log,
     )
     return app

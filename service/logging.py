@@ -50,10 +50,10 @@ class JsonFormatter(logging.Formatter):
 class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The server's handler: JSON lines on a stream, with uvicorn's records made safe (ServerLogFilter).
 
-    `write` puts a line straight from its fields, without a LogRecord, for the one line every request logs
-    (service/api/middleware.py): making the record and passing it through the logger tree and the handler's
-    filter cost the event loop about as much as formatting and writing it. `sole_handler` says when that is the
-    same as logging it.
+    `write` puts a line straight from its fields, without a LogRecord, and `write_many` several in one write, for
+    the one line every request logs (service/api/access_log.py): making the record and passing it through the logger
+    tree and the handler's filter cost the event loop about as much as formatting and writing it. `sole_handler`
+    says when that is the same as logging it.
     """
 
     def __init__(self, stream: Any) -> None:
@@ -64,11 +64,18 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write(self, level: int, name: str, msg: str, fields: dict[str, Any]) -> None:
         """One line, as `format` would write a record of `name` at `level` whose extra fields are `fields`."""
-        created = time.time()
-        msecs = int((created - int(created)) * 1000)  # as LogRecord computes it
-        line = self.json.line(created, msecs, logging.getLevelName(level), name, msg, fields)
+        self.write_many(level, name, msg, [(time.time(), fields)])
+
+    def write_many(self, level: int, name: str, msg: str, lines: list[tuple[float, dict[str, Any]]]) -> None:
+        """`write` for several lines at once, each made at its own time (time.time()), in one write to the stream."""
+        level_name = logging.getLevelName(level)
+        text = "".join(
+            self.json.line(created, int((created - int(created)) * 1000), level_name, name, msg, fields)  # msecs as
+            + self.terminator  # LogRecord computes them
+            for created, fields in lines
+        )
         with self.lock:  # type: ignore[union-attr]
-            self.stream.write(line + self.terminator)
+            self.stream.write(text)
             self.flush()
 
 

@@ -8,7 +8,6 @@ metrics. WebSocket handshakes get the key check. Anything else passes straight t
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,13 +16,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.access import AccessControl, guarded
+from service.api.access_log import AccessLog
 from service.api.errors import engine_error_response
 from service.api.fast_predict import FastPredict
 from service.errors import RequestTimeout
-from service.logging import sole_handler
 from service.metrics import Metrics
-
-log = logging.getLogger("service.access")
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
@@ -76,11 +73,19 @@ class _Deadline:
 
 class ServiceMiddleware:
     def __init__(
-        self, app: ASGIApp, *, access: AccessControl, metrics: Metrics, max_bytes: int, timeout_s: float
+        self,
+        app: ASGIApp,
+        *,
+        access: AccessControl,
+        metrics: Metrics,
+        max_bytes: int,
+        timeout_s: float,
+        access_log: AccessLog,
     ) -> None:
         self.app = app
         self.access = access
         self.metrics = metrics
+        self.access_log = access_log
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.fast = FastPredict(max_bytes)
@@ -180,7 +185,7 @@ class ServiceMiddleware:
         return limited
 
     def _log(self, scope: Scope, status: int, elapsed: float) -> None:
-        """One JSON log line and the request metrics, labelled by route template, never by session id."""
+        """The request metrics and its log line (access_log.py), labelled by route template, never by session id."""
         route = route_template(scope)
         method = scope["method"] if scope["method"] in METHODS else "OTHER"
         state: dict[str, Any] = scope.get("state") or {}
@@ -190,23 +195,4 @@ class ServiceMiddleware:
         session_id = (scope.get("path_params") or {}).get("id") or state.get("session_id")
         if isinstance(session_id, str):
             session_id = session_id[:64]  # a path can carry anything; real ids are 22 characters
-        if log.isEnabledFor(logging.INFO):
-            extra = {
-                "method": method,
-                "route": route,
-                "status": status,
-                "latency_ms": round(elapsed * 1000, 3),
-                "session_id": session_id,
-            }
-            handler = sole_handler(log, logging.INFO)
-            if handler is not None:  # the same line, without a LogRecord (service/logging.py)
-                handler.write(logging.INFO, log.name, "request", extra)
-            else:
-                log.handle(
-                    log.makeRecord(log.name, logging.INFO, __file__, _LOG_LINE, "request", (), None, "_log", extra)
-                )
-
-
-# The request line's record is made directly: Logger.info would walk the stack to find its caller (findCaller) for
-# the record's file and line, about half of what the line costs; the caller is known, ServiceMiddleware._log.
-_LOG_LINE = ServiceMiddleware._log.__code__.co_firstlineno
+        self.access_log.request(method, route, status, elapsed, session_id)
