@@ -182,10 +182,12 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
-            await registry.stop()
-            if metrics_server is not None:
-                metrics_server.close()
-            access_log.flush()
+            try:
+                await registry.stop()
+            finally:
+                if metrics_server is not None:
+                    metrics_server.close()
+                access_log.flush()  # the request lines that wait (service/api/access_log.py)
 
     otel = settings.opentelemetry
     app = FastAPI(

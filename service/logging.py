@@ -69,13 +69,12 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def write_many(self, level: int, name: str, msg: str, lines: list[tuple[float, dict[str, Any]]]) -> None:
         """`write` for several lines at once, each made at its own time (time.time()), in one write to the stream."""
         level_name = logging.getLevelName(level)
-        text = "".join(
-            self.json.line(created, int((created - int(created)) * 1000), level_name, name, msg, fields)  # msecs as
-            + self.terminator  # LogRecord computes them
-            for created, fields in lines
-        )
+        parts: list[str] = []
+        for created, fields in lines:
+            msecs = int((created - int(created)) * 1000)  # as LogRecord computes it
+            parts.append(self.json.line(created, msecs, level_name, name, msg, fields) + self.terminator)
         with self.lock:  # type: ignore[union-attr]
-            self.stream.write(text)
+            self.stream.write("".join(parts))
             self.flush()
 
 
