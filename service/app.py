@@ -8,6 +8,7 @@ snapshotter, the engine -- starts them in order and stops them in reverse; `crea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -178,6 +179,7 @@ def create_app(settings: Settings) -> FastAPI:
         metrics_server = None
         if settings.metrics_port is not None:
             metrics_server = MetricsServer(metrics, settings.host, settings.metrics_port)
+        applier = asyncio.get_running_loop().create_task(metrics.keep_applied(), name="lstm-serve-metrics")
         await registry.start()
         try:
             yield
@@ -185,6 +187,9 @@ def create_app(settings: Settings) -> FastAPI:
             try:
                 await registry.stop()
             finally:
+                applier.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await applier  # it applies what waits as it ends
                 if metrics_server is not None:
                     metrics_server.close()
                 access_log.flush()  # the request lines that wait (service/api/access_log.py)

@@ -1,9 +1,23 @@
 """Every Prometheus metric of the server, defined in one place, registered in a per-app CollectorRegistry
-(several apps in one test process must not clash in the global registry)."""
+(several apps in one test process must not clash in the global registry).
+
+The metrics updated per request, per batch or per token (request counts and latency, batch sizes, queue waits,
+ONNX Runtime's time, tokens, token latencies) are updated through `PendingUpdates`: an update is an (update, amount)
+pair appended to a deque, applied to prometheus_client's objects before every collection (a scrape, a test reading
+the registry) and every APPLY_S by the app (`Metrics.keep_applied`). prometheus_client takes a lock per value and
+walks a histogram's buckets in Python on every update, about ten updates per predict between the event loop and the
+engine thread. One session's predict p50 moved by 4-8 us (641 against 633 us over 7 alternating 6 s wrk runs, 628
+against 624 over 5 of 8 s; a first version through a module-level deque measured 620 against 606). A scrape still
+sees every update made before it (one that names the metrics it wants, `?name[]=`, skips the collector that applies
+them and sees them within APPLY_S).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
@@ -22,14 +36,82 @@ REJECTION_REASONS = (
     "request_timeout",
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+APPLY_S = 0.05  # how often the app applies the pending updates (Metrics.keep_applied)
+MAX_PENDING = 65536  # past this, an update applies what waits itself: nothing grows without bound
 # One request's children: its count, its latency, its count under the model version it worked on (if any).
 _Series = tuple[Counter, Histogram, Counter | None]
+
+
+class PendingUpdates:
+    """Updates of the hot metrics waiting to be applied; a collector of the registry that yields nothing but applies
+    them, registered before the metrics so that a collection applies them first. Appending and popping are atomic
+    under the GIL: the engine threads and the event loop append, any thread may apply."""
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[Callable[[float], None], float]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def defer(self, metric: Any) -> Any:
+        """`metric` (a Counter, Histogram or labelled child) with its updates waiting here."""
+        return _Deferred(metric, self)
+
+    def apply(self) -> None:
+        pop = self._queue.popleft
+        try:
+            while True:
+                update, amount = pop()
+                update(amount)
+        except IndexError:  # empty: everything appended before the call is applied
+            pass
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        self.apply()
+        return []
+
+
+class _Deferred:
+    """A metric, or a labelled child, whose `inc` and `observe` wait in PendingUpdates (one Python call each: the
+    deque's append is inlined here)."""
+
+    __slots__ = ("_inc", "_metric", "_observe", "_pending", "_queue")
+
+    def __init__(self, metric: Any, pending: PendingUpdates) -> None:
+        self._metric, self._pending, self._queue = metric, pending, pending._queue
+        self._inc: Any = getattr(metric, "inc", None)  # a Counter's, or a Histogram's `observe`
+        self._observe: Any = getattr(metric, "observe", None)
+
+    def inc(self, amount: float = 1) -> None:
+        queue = self._queue
+        queue.append((self._inc, amount))
+        if len(queue) > MAX_PENDING:
+            self._pending.apply()
+
+    def observe(self, amount: float) -> None:
+        queue = self._queue
+        queue.append((self._observe, amount))
+        if len(queue) > MAX_PENDING:
+            self._pending.apply()
+
+    def labels(self, *values: str) -> _Deferred:
+        return _Deferred(self._metric.labels(*values), self._pending)
+
+    def __getattr__(self, name: str) -> Any:
+        """Anything else is the metric's own, read after what waits is applied: a read sees every update."""
+        self._pending.apply()
+        return getattr(self._metric, name)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.pending = PendingUpdates()
+        r.register(self.pending)  # type: ignore[arg-type]  # first: a collection applies the updates, then reads
         self.requests = Counter(
             PREFIX + "requests",
             "HTTP requests by route template, method and status code.",
@@ -165,6 +247,16 @@ class Metrics:
             registry=r,
         )
         self._request_series: dict[tuple[str, str, int, tuple[str, str] | None], _Series] = {}
+        # The hot ones (see the module's docstring): every update goes through `pending`. The objects registered
+        # stay as they are; these attributes are what the server updates.
+        defer = self.pending.defer
+        self.inference_latency = cast(Histogram, defer(self.inference_latency))
+        self.inference_cpu = cast(Counter, defer(self.inference_cpu))
+        self.batch_size = cast(Histogram, defer(self.batch_size))
+        self.queue_wait = cast(Histogram, defer(self.queue_wait))
+        self.tokens = cast(Counter, defer(self.tokens))
+        self.time_to_first_token = cast(Histogram, defer(self.time_to_first_token))
+        self.inter_token_latency = cast(Histogram, defer(self.inter_token_latency))
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)
         for kind in ("prompt", "generated"):
@@ -192,8 +284,22 @@ class Metrics:
         # guards against a surprise: emptying the cache loses nothing, the children stay registered.
         if len(self._request_series) >= 4096:
             self._request_series.clear()
-        per_model = None if model is None else self.model_requests.labels(*model, route, status)
-        return self.requests.labels(route, method, status), self.request_latency.labels(route), per_model
+        defer = self.pending.defer
+        per_model = None if model is None else defer(self.model_requests.labels(*model, route, status))
+        return defer(self.requests.labels(route, method, status)), defer(self.request_latency.labels(route)), per_model
+
+    def apply_pending(self) -> None:
+        """Apply the hot metrics' pending updates now (a collection of the registry does it too)."""
+        self.pending.apply()
+
+    async def keep_applied(self, every_s: float = APPLY_S) -> None:
+        """Apply the pending updates every `every_s` until cancelled (the app runs it for its lifetime)."""
+        try:
+            while True:
+                await asyncio.sleep(every_s)
+                self.pending.apply()
+        finally:
+            self.pending.apply()
 
     def render(self) -> bytes:
         """The text exposition format of this app's registry."""
@@ -261,8 +367,9 @@ class ModelMetrics(Metrics):
         self.sessions_created = cast(
             Counter, _Tee(base.sessions_created, base.model_sessions_created.labels(model, version))
         )
-        self.tokens = cast(Counter, _TeeLabels(base.tokens, base.model_tokens, (model, version)))
-        self.batch_size = cast(Histogram, _Tee(base.batch_size, base.model_batch_size.labels(model, version)))
+        defer = base.pending.defer  # the version's share of the hot metrics waits like the totals
+        self.tokens = cast(Counter, _TeeLabels(base.tokens, defer(base.model_tokens), (model, version)))
+        self.batch_size = cast(Histogram, _Tee(base.batch_size, defer(base.model_batch_size.labels(model, version))))
         for kind in ("prompt", "generated"):
             base.model_tokens.labels(model, version, kind)
 
