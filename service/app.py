@@ -179,8 +179,8 @@ def create_app(settings: Settings) -> FastAPI:
         metrics_server = None
         if settings.metrics_port is not None:
             metrics_server = MetricsServer(metrics, settings.host, settings.metrics_port)
-        applier = asyncio.get_running_loop().create_task(metrics.keep_applied(), name="lstm-serve-metrics")
         await registry.start()
+        applier = asyncio.get_running_loop().create_task(metrics.keep_applied(), name="lstm-serve-metrics")
         try:
             yield
         finally:
