@@ -75,27 +75,22 @@ class PendingUpdates:
 
 
 class _Deferred:
-    """A metric, or a labelled child, whose `inc` and `observe` wait in PendingUpdates (one Python call each: the
-    deque's append is inlined here)."""
+    """A metric, or a labelled child, whose `inc` (a Counter's) or `observe` (a Histogram's) waits in PendingUpdates:
+    one Python call per update, the deque's append inlined here."""
 
-    __slots__ = ("_inc", "_metric", "_observe", "_pending", "_queue")
+    __slots__ = ("_metric", "_pending", "_queue", "_update")
 
     def __init__(self, metric: Any, pending: PendingUpdates) -> None:
         self._metric, self._pending, self._queue = metric, pending, pending._queue
-        self._inc: Any = getattr(metric, "inc", None)  # a Counter's, or a Histogram's `observe`
-        self._observe: Any = getattr(metric, "observe", None)
+        self._update: Any = getattr(metric, "observe", None) or getattr(metric, "inc", None)
 
     def inc(self, amount: float = 1) -> None:
         queue = self._queue
-        queue.append((self._inc, amount))
+        queue.append((self._update, amount))
         if len(queue) > MAX_PENDING:
             self._pending.apply()
 
-    def observe(self, amount: float) -> None:
-        queue = self._queue
-        queue.append((self._observe, amount))
-        if len(queue) > MAX_PENDING:
-            self._pending.apply()
+    observe = inc
 
     def labels(self, *values: str) -> _Deferred:
         return _Deferred(self._metric.labels(*values), self._pending)
@@ -287,10 +282,6 @@ class Metrics:
         defer = self.pending.defer
         per_model = None if model is None else defer(self.model_requests.labels(*model, route, status))
         return defer(self.requests.labels(route, method, status)), defer(self.request_latency.labels(route)), per_model
-
-    def apply_pending(self) -> None:
-        """Apply the hot metrics' pending updates now (a collection of the registry does it too)."""
-        self.pending.apply()
 
     async def keep_applied(self, every_s: float = APPLY_S) -> None:
         """Apply the pending updates every `every_s` until cancelled (the app runs it for its lifetime)."""

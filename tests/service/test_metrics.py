@@ -50,7 +50,7 @@ def test_updates_from_many_threads_all_land_while_another_applies() -> None:
 
     def apply() -> None:
         while not stop.is_set():
-            metrics.apply_pending()
+            metrics.pending.apply()
 
     def update() -> None:
         for _ in range(20_000):
